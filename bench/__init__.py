@@ -1,0 +1,1 @@
+"""Benchmarks: each stage against a ceiling measured in the same run."""

@@ -1,0 +1,5 @@
+"""``python -m citystream``."""
+
+from citystream.cli import main
+
+main()

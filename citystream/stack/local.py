@@ -1,0 +1,92 @@
+"""``citystream stack up | down | status``: the local development stack.
+
+``up`` starts Mosquitto and Kafka (each only if not already running), creates topics, and writes
+``<home>/citystream.yaml``: the settings every other process uses to reach this stack (generated
+passwords included, mode 0600). ClickHouse is embedded (``chdb://<home>/clickhouse``): nothing to
+start; the process that opens it (the sink) owns it. ``down`` stops only processes whose pid files
+this stack wrote; data stays under ``<home>`` across ``down``/``up``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from citystream.settings import Settings, dump_settings
+from citystream.stack import kafka, mosquitto
+
+USERS = ("bridge", "gateway")
+
+
+def _credentials(home: Path) -> dict[str, str]:
+    path = home / "credentials.json"
+    if path.exists():
+        creds: dict[str, str] = orjson.loads(path.read_bytes())
+        if all(u in creds for u in USERS):
+            return creds
+    creds = {u: secrets.token_urlsafe(18) for u in USERS}
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(creds))
+    return creds
+
+
+def local_settings(settings: Settings) -> Settings:
+    """The given settings pointed at this local stack (ports, users, embedded ClickHouse path)."""
+    home = settings.stack.home.resolve()
+    creds = _credentials(home)
+    data = dump_settings(settings)
+    data["stack"]["home"] = str(home)
+    data["stack"]["kafka_jars"] = str(settings.stack.kafka_jars.resolve())
+    data["mqtt"].update(host="127.0.0.1", port=settings.stack.mqtt_port, username="bridge", password=creds["bridge"])
+    data["gateway"].update(username="gateway", password=creds["gateway"])
+    if not data["gateway"]["state_dir"].startswith("/"):
+        data["gateway"]["state_dir"] = str(home / "gateway")
+    data["kafka"]["bootstrap"] = f"127.0.0.1:{settings.stack.kafka_port}"
+    if settings.clickhouse.dsn.startswith("chdb://"):
+        data["clickhouse"]["dsn"] = f"chdb://{home / 'clickhouse'}"
+    return Settings(**data)
+
+
+def config_file(settings: Settings) -> Path:
+    """Where ``up`` writes the settings for processes using this stack."""
+    return settings.stack.home.resolve() / "citystream.yaml"
+
+
+def up(settings: Settings) -> dict[str, Any]:
+    """Start what is not running, create topics, write the stack's settings file; returns status."""
+    local = local_settings(settings)
+    creds = _credentials(local.stack.home)
+    mosquitto.up(local, creds)
+    kafka.up(local)
+    path = config_file(local)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# Written by 'citystream stack up': settings for processes using the local stack.\n")
+        yaml.safe_dump(dump_settings(local), out, sort_keys=False, allow_unicode=True)
+    return status(local)
+
+
+def down(settings: Settings) -> dict[str, bool]:
+    """Stop the processes this stack started (Kafka first so it can flush cleanly)."""
+    return {"kafka": kafka.server(settings).stop(), "mqtt": mosquitto.server(settings).stop()}
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Where each server is and whether it runs (the ``status --json`` contract)."""
+    local = local_settings(settings)
+    mq, kf = mosquitto.server(local).pid(), kafka.server(local).pid()
+    return {
+        "home": str(local.stack.home),
+        "config": str(config_file(local)),
+        "mqtt": {"host": local.mqtt.host, "port": local.mqtt.port, "running": mq is not None, "pid": mq},
+        "kafka": {"bootstrap": local.kafka.bootstrap, "running": kf is not None, "pid": kf},
+        "clickhouse": {"dsn": local.clickhouse.dsn, "database": local.clickhouse.database, "embedded":
+                       local.clickhouse.dsn.startswith("chdb://")},
+    }

@@ -1,0 +1,1 @@
+"""Edge gateways and the MQTT -> Kafka bridge."""

@@ -1,0 +1,1 @@
+"""Stream processors: plates, faces, sensors, watchlists and alerts."""

@@ -1,0 +1,1 @@
+"""Event contracts, the topic map and ClickHouse migrations: the shapes every stage shares."""
