@@ -33,7 +33,7 @@ def order_corners(points: NDArray[np.float32]) -> Quad:
                      pts[np.argmax(by_sum)], pts[np.argmax(by_diff)]], np.float32)
 
 
-def _quad_from_contour(contour: NDArray[np.int32]) -> Quad | None:
+def _quad_from_contour(contour: NDArray[np.int32], fill: float = 0.75) -> Quad | None:
     """Four corners of a plate-like contour, or None if its geometry is not plate-like."""
     (cx, cy), (rw, rh), _ = cv2.minAreaRect(contour)
     long_side, short_side = max(rw, rh), min(rw, rh)
@@ -41,7 +41,7 @@ def _quad_from_contour(contour: NDArray[np.int32]) -> Quad | None:
         return None
     if not ASPECT_RANGE[0] <= long_side / short_side <= ASPECT_RANGE[1]:
         return None
-    if cv2.contourArea(contour) < 0.75 * rw * rh:
+    if cv2.contourArea(contour) < fill * rw * rh:
         return None
     approx = cv2.approxPolyDP(contour, 0.04 * cv2.arcLength(contour, True), True)
     if len(approx) == 4 and cv2.isContourConvex(approx):
@@ -60,7 +60,9 @@ def _edge_candidates(small: GrayImage) -> list[Quad]:
     edges = cv2.Canny(blurred, max(10.0, 0.5 * median), max(40.0, 1.2 * median))
     edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    return [q for c in contours if len(c) >= 4 and (q := _quad_from_contour(c)) is not None]
+    regions, _ = cv2.findContours(255 - edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    quads = [q for c in contours if len(c) >= 4 and (q := _quad_from_contour(c)) is not None]
+    return quads + [q for c in regions if len(c) >= 4 and (q := _quad_from_contour(c, 0.6)) is not None]
 
 
 def _bright_candidates(small: GrayImage) -> list[Quad]:

@@ -23,7 +23,8 @@ from citystream.stack import kafka, mosquitto
 USERS = ("bridge", "gateway")
 
 
-def _credentials(home: Path) -> dict[str, str]:
+def credentials(home: Path) -> dict[str, str]:
+    """The generated MQTT passwords of this stack home (created on first use, mode 0600)."""
     path = home / "credentials.json"
     if path.exists():
         creds: dict[str, str] = orjson.loads(path.read_bytes())
@@ -40,7 +41,7 @@ def _credentials(home: Path) -> dict[str, str]:
 def local_settings(settings: Settings) -> Settings:
     """The given settings pointed at this local stack (ports, users, embedded ClickHouse path)."""
     home = settings.stack.home.resolve()
-    creds = _credentials(home)
+    creds = credentials(home)
     data = dump_settings(settings)
     data["stack"]["home"] = str(home)
     data["stack"]["kafka_jars"] = str(settings.stack.kafka_jars.resolve())
@@ -62,7 +63,7 @@ def config_file(settings: Settings) -> Path:
 def up(settings: Settings) -> dict[str, Any]:
     """Start what is not running, create topics, write the stack's settings file; returns status."""
     local = local_settings(settings)
-    creds = _credentials(local.stack.home)
+    creds = credentials(local.stack.home)
     mosquitto.up(local, creds)
     kafka.up(local)
     path = config_file(local)
