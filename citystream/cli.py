@@ -16,11 +16,12 @@ import orjson
 from citystream.logs import setup_logging
 from citystream.settings import ConfigError, Settings, load_settings
 
-# name -> (module, attribute, one-line help, issue that delivers it)
+# name -> (module, attribute, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "stack": ("citystream.stack.cli", "stack", "Local stack: Mosquitto + Kafka as processes, ClickHouse embedded."),
+    "stack": ("citystream.stack.cli", "stack",
+              "Local stack: Mosquitto + Kafka as processes, ClickHouse embedded."),
     "gateway": ("citystream.ingest.gateway_cli", "gateway", "Run an edge gateway, or simulate a city of them."),
-    "bridge": ("citystream.ingest.bridge_cli", "bridge", "MQTT -> Kafka bridge (acks devices after Kafka has the data)."),
+    "bridge": ("citystream.ingest.bridge_cli", "bridge", "MQTT -> Kafka bridge (acks devices once Kafka has it)."),
     "worker": ("citystream.processors.cli", "worker", "Faust worker: plates, faces, sensor windows, alerts."),
     "plates": ("citystream.processors.plates_cli", "plates", "Read Thai licence plates from images offline."),
     "faces": ("citystream.processors.faces_cli", "faces", "Match faces in images against a watchlist offline."),

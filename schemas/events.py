@@ -9,7 +9,6 @@ Units are part of field or metric names (``pm25_ug_m3`` is µg/m³, ``water_leve
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import uuid
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 ID_NAMESPACE = uuid.UUID("6f1d3a7e-3c8b-5e43-9a55-2a1c0c1f7e10")
@@ -33,7 +32,6 @@ def _utc_ms(value: datetime) -> datetime:
 
 
 UtcMs = Annotated[datetime, AfterValidator(_utc_ms)]
-B64Bytes = Annotated[bytes, PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str, when_used="json")]
 
 
 class Stream(StrEnum):
@@ -182,6 +180,8 @@ class DeviceStatus(Event):
 class DeadLetter(Contract):
     """Input a stage could not accept, kept with its original bytes and the reason."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
     kind: Literal["dead_letter"] = "dead_letter"
     event_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
     schema_version: int = Field(SCHEMA_VERSION, ge=1)
@@ -190,7 +190,7 @@ class DeadLetter(Contract):
     reason: str = Field(pattern=r"^[a-z_]+$", description="machine-readable reason, e.g. not_json")
     detail: str = Field("", max_length=4096, description="field path and message")
     original_topic: str
-    original_bytes: B64Bytes
+    original_bytes: bytes = Field(description="the input as received (base64 in JSON)")
     headers: dict[str, str] = Field(default_factory=dict)
     first_seen_at: UtcMs
 
@@ -200,7 +200,8 @@ class DeadLetter(Contract):
               now: datetime | None = None) -> DeadLetter:
         """A dead letter whose id is deterministic over stage, topic, reason and bytes."""
         digest = hashlib.sha256(payload).hexdigest()
-        return cls(event_id=str(uuid.uuid5(ID_NAMESPACE, f"{stage}/{topic}/{reason}/{digest}")), tenant=tenant, stage=stage, reason=reason,
+        event_id = str(uuid.uuid5(ID_NAMESPACE, f"{stage}/{topic}/{reason}/{digest}"))
+        return cls(event_id=event_id, tenant=tenant, stage=stage, reason=reason,
                    detail=detail[:4096], original_topic=topic, original_bytes=payload, headers=headers or {},
                    first_seen_at=now or datetime.now(UTC))
 
@@ -221,4 +222,5 @@ def error_summary(exc: Exception) -> str:
     errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
     if not errors:
         return str(exc)[:500]
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors)[:4096]
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors]
+    return "; ".join(parts)[:4096]

@@ -114,16 +114,18 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         raise ConfigError(_format_errors(exc, source)) from exc
 
 
-def dump_settings(settings: Settings) -> dict[str, Any]:
+def dump_settings(settings: Settings, exclude_defaults: bool = False) -> dict[str, Any]:
     """The settings as plain YAML-able data, secrets included (for files written with mode 0600)."""
-    raw = settings.model_dump(mode="json")
+    raw = settings.model_dump(mode="json", exclude_defaults=exclude_defaults)
 
     def reveal(model: BaseModel, out: dict[str, Any]) -> None:
         for name in type(model).model_fields:
+            if name not in out:
+                continue
             value = getattr(model, name)
             if isinstance(value, SecretStr):
                 out[name] = value.get_secret_value()
-            elif isinstance(value, BaseModel):
+            elif isinstance(value, BaseModel) and isinstance(out[name], dict):
                 reveal(value, out[name])
 
     reveal(settings, raw)

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from citystream.settings.base import Section
 
+# Retention by purpose (PDPA: keep personal data only as long as the purpose needs). Days, 0 = forever.
+DEFAULT_RETENTION_DAYS: dict[str, int] = {
+    "sensor_readings": 730,
+    "plate_reads": 90,
+    "face_matches": 30,
+    "alerts": 730,
+    "device_status": 180,
+    "frame_index": 30,
+    "dead_letters": 30,
+}
+
 
 class SinkSettings(Section):
-    """Kafka -> ClickHouse sink: consumer group, batch limits, read-only query path."""
+    """Kafka -> ClickHouse sink: consumer group, batch limits, read-only query path, retention."""
 
     group_id: str = "citystream-sink"
     batch_rows: int = Field(50_000, ge=1)
     batch_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     batch_age_s: float = Field(1.0, gt=0)
     query_host: str = "127.0.0.1"
-    query_port: int = Field(8124, ge=0, le=65535)
-    retry_max_s: float = Field(30.0, gt=0)
+    query_port: int = Field(8124, ge=0, le=65535, description="0 = any free port (advertised to readers)")
+    retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
+    retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS),
+                                           description="table -> days kept (TTL on captured_at), 0 = forever")
+    frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")
+    crash_after_inserts: int = Field(0, ge=0, description="TEST ONLY: SIGKILL self after N inserted windows, "
+                                                          "before the offset commit (fault tests); 0 = off")

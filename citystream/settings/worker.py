@@ -1,16 +1,95 @@
-"""Faust worker settings."""
+"""Faust worker settings: vision pool, sensor windows and alert rules, watchlists, notifiers."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 
 from citystream.settings.base import Section
 
+ALERT_TYPE = r"^[a-z0-9_]{1,64}$"
+
+
+class AlertRule(Section):
+    """One sensor alert rule with hysteresis: raise at ``raise_at``, clear only past ``clear_at``.
+
+    ``threshold`` compares the 1-minute window mean; ``rate`` compares the rise of the window
+    mean over the last ``per_minutes`` minutes (e.g. canal level cm per 10 min).
+    """
+
+    metric: str = Field(pattern=r"^[a-z0-9_]+$")
+    kind: Literal["threshold", "rate"] = "threshold"
+    alert_type: str = Field(pattern=ALERT_TYPE)
+    raise_at: float
+    clear_at: float
+    per_minutes: int = Field(10, ge=1, le=1440)
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertRule:
+        if self.clear_at > self.raise_at:
+            raise ValueError("clear_at must not be above raise_at (hysteresis band)")
+        return self
+
+
+class MetricRange(Section):
+    """Physically plausible range of one metric; readings outside go to the DLQ."""
+
+    low: float
+    high: float
+
+
+class NotifierSettings(Section):
+    """One notifier, chosen by ``type``: ``webhook`` (Alert JSON) or ``line`` (LINE Messaging API push)."""
+
+    type: Literal["webhook", "line"]
+    url: str = Field(pattern=r"^https?://.+")
+    token: SecretStr | None = None
+    to: str = Field("", description="LINE recipient (user, group or room id)")
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0, le=20)
+    backoff_s: float = Field(0.5, ge=0)
+    rate_per_s: float = Field(5.0, gt=0, description="token bucket refill rate")
+    burst: int = Field(10, ge=1)
+    queue_size: int = Field(1000, ge=1, description="alerts waiting; beyond this they are dropped and counted")
+    min_severity: Literal["info", "warning", "critical"] = "info"
+
+
+DEFAULT_RULES = [
+    AlertRule(metric="pm25_ug_m3", alert_type="pm25_high", raise_at=37.6, clear_at=25.0, severity="warning"),
+    AlertRule(metric="pm25_ug_m3", alert_type="pm25_very_high", raise_at=75.1, clear_at=50.0, severity="critical"),
+    AlertRule(metric="water_level_cm", kind="rate", alert_type="water_rise", raise_at=20.0, clear_at=5.0,
+              per_minutes=10, severity="critical"),
+]
+
+DEFAULT_RANGES = {
+    "pm25_ug_m3": MetricRange(low=0, high=1000),
+    "pm10_ug_m3": MetricRange(low=0, high=2000),
+    "temperature_c": MetricRange(low=-20, high=70),
+    "humidity_pct": MetricRange(low=0, high=100),
+    "water_level_cm": MetricRange(low=-1000, high=5000),
+    "noise_db_a": MetricRange(low=0, high=160),
+    "rain_mm_h": MetricRange(low=0, high=500),
+}
+
 
 class WorkerSettings(Section):
-    """Faust processors: app id, vision pool, per-tenant pseudonym keys."""
+    """Faust processors: app id, vision pool, per-tenant pseudonym keys, windows, alerts, notifiers."""
 
-    app_id: str = Field("citystream-worker", pattern=r"^[A-Za-z0-9_.-]+$")
+    app_id: str = Field("citystream-worker", pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="Faust app id (consumer group, internal topics); the Kafka topic prefix is prepended")
     vision_processes: int = Field(0, ge=0, description="0 = one per core")
-    pseudonym_keys: dict[str, SecretStr] = Field(default_factory=dict, description="tenant -> HMAC key")
+    frame_batch: int = Field(0, ge=0, description="frames taken at once (0 = 2 x vision processes)")
+    frame_batch_wait_s: float = Field(0.05, gt=0)
+    max_frame_pixels: int = Field(8192 * 8192, ge=1, description="JPEG headers above this go to the DLQ undecoded")
+    pseudonym_keys: dict[str, SecretStr] = Field(default_factory=dict,
+                                                 description="tenant -> HMAC key; '*' applies to other tenants")
     face_threshold: float = Field(0.6, gt=0, lt=2)
+    face_upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling (finds smaller faces, slower)")
+    web_port: int = Field(0, ge=0, le=65535, description="Faust's own web server on 127.0.0.1 (0 = off)")
+    window_s: int = Field(60, ge=1, description="tumbling window length by event time")
+    allowed_lateness_s: float = Field(120.0, ge=0, description="out-of-order readings this late still count")
+    ranges: dict[str, MetricRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
+    alert_rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
+    notifiers: list[NotifierSettings] = Field(default_factory=list)

@@ -70,7 +70,7 @@ def up(settings: Settings) -> dict[str, Any]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write("# Written by 'citystream stack up': settings for processes using the local stack.\n")
-        yaml.safe_dump(dump_settings(local), out, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(dump_settings(local, exclude_defaults=True), out, sort_keys=False, allow_unicode=True)
     return status(local)
 
 

@@ -1,0 +1,197 @@
+"""ClickHouse clients for both engines, and the read-only query route every reader uses.
+
+Two engines, one client library (clickhouse-connect):
+
+- ``http(s)://host:port`` — a ClickHouse server; every process connects to it directly.
+- ``chdb://PATH`` — embedded chDB. A data directory can be opened by one process at a time, and a
+  process can open only one path in its life. The process that owns it (normally ``citystream
+  sink``) serves a read-only query endpoint and advertises it in ``PATH/citystream-owner.json``
+  (``{"pid", "url", "started_at"}``), removed on clean exit. Readers route like this:
+
+  1. this process already opened PATH (the sink itself, tests) → an in-process read-only client;
+  2. the owner file names a live process → HTTP ``POST {url}/query?database=DB`` with the SQL as the
+     body; the answer is an Arrow IPC stream (types survive the trip: DateTime64 stays a UTC datetime);
+  3. nobody owns PATH → open it directly, read-only.
+
+Read-only means the ClickHouse setting ``readonly=1`` on a dedicated client (in chDB a per-query
+setting would stick to the session, so writers and readers never share a client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
+
+from citystream.settings import ClickHouseSettings, Settings
+
+OWNER_FILE = "citystream-owner.json"
+READONLY = {"readonly": 1}
+
+_lock = threading.Lock()
+_opened_path: Path | None = None
+_readers: dict[tuple[str, str], Any] = {}
+
+
+class StoreError(Exception):
+    """The store could not be reached or the query failed; the message says why."""
+
+
+class StoreBusy(StoreError):
+    """The embedded data directory is owned by another process that serves no query endpoint."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that owns an embedded data directory and where it answers read-only queries."""
+
+    pid: int
+    url: str
+    started_at: float
+
+
+def chdb_path(dsn: str) -> Path | None:
+    """The data directory of a ``chdb://PATH`` DSN (relative paths are relative to the cwd), else None."""
+    if not dsn.startswith("chdb://"):
+        return None
+    return Path(dsn[len("chdb://"):]).expanduser().resolve()
+
+
+def _settings_of(settings: ClickHouseSettings | Settings) -> ClickHouseSettings:
+    return settings.clickhouse if isinstance(settings, Settings) else settings
+
+
+def connect(settings: ClickHouseSettings | Settings, *, readonly: bool = False, database: bool = True) -> Any:
+    """A clickhouse-connect client for the configured DSN (``database=False``: no default database)."""
+    ch = _settings_of(settings)
+    db = ch.database if database else None
+    opts: dict[str, Any] = dict(READONLY) if readonly else {}
+    path = chdb_path(ch.dsn)
+    if path is None:
+        try:
+            return clickhouse_connect.get_client(dsn=ch.dsn, username=ch.username, database=db,
+                                                 password=ch.password.get_secret_value(), settings=opts)
+        except Exception as exc:
+            raise StoreError(f"cannot connect to {ch.dsn}: {exc}") from exc
+    global _opened_path
+    with _lock:
+        if _opened_path is not None and _opened_path != path:
+            raise StoreError(f"this process already opened chDB path {_opened_path}; one path per process")
+        try:
+            client = clickhouse_connect.get_client(interface="chdb", path=str(path), database=db, settings=opts)
+        except Exception as exc:
+            if "Cannot lock file" in str(exc):
+                raise StoreBusy(f"chDB path {path} is in use by another process") from exc
+            raise StoreError(f"cannot open chDB path {path}: {exc}") from exc
+        _opened_path = path
+    return client
+
+
+def opened_here(settings: ClickHouseSettings | Settings) -> bool:
+    """Whether this process has the configured embedded path open."""
+    return _opened_path is not None and _opened_path == chdb_path(_settings_of(settings).dsn)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_owner(path: Path) -> Owner | None:
+    """The live owner advertised in ``path``, or None (no file, unreadable, or the process is gone)."""
+    try:
+        doc = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
+        owner = Owner(pid=int(doc["pid"]), url=str(doc["url"]), started_at=float(doc["started_at"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if owner.pid == os.getpid() or not _pid_alive(owner.pid):
+        return None
+    return owner
+
+
+@contextmanager
+def advertise(settings: ClickHouseSettings | Settings, url: str) -> Iterator[None]:
+    """Advertise this process as the owner of the embedded path (no-op for server DSNs)."""
+    path = chdb_path(_settings_of(settings).dsn)
+    if path is None:
+        yield
+        return
+    file = path / OWNER_FILE
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "started_at": time.time()}), encoding="utf-8")
+    tmp.replace(file)
+    try:
+        yield
+    finally:
+        file.unlink(missing_ok=True)
+
+
+def reader(settings: ClickHouseSettings | Settings) -> Any:
+    """A cached read-only client on the configured store and database."""
+    ch = _settings_of(settings)
+    key = (ch.dsn, ch.database)
+    client = _readers.get(key)
+    if client is None:
+        client = connect(ch, readonly=True)
+        _readers[key] = client
+    return client
+
+
+def _remote_arrow(owner: Owner, database: str, sql: str, timeout: float) -> pa.Table:
+    url = f"{owner.url}/query?{urllib.parse.urlencode({'database': database})}"
+    request = urllib.request.Request(url, data=sql.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise StoreError(exc.read().decode(errors="replace") or str(exc)) from exc
+    except OSError as exc:
+        raise StoreError(f"query endpoint {owner.url} of pid {owner.pid} unreachable: {exc}") from exc
+    table: pa.Table = pa_ipc.open_stream(body).read_all()
+    return table
+
+
+def run_readonly(client: Any, sql: str) -> pa.Table:
+    """Run SQL on a read-only client as an Arrow table; SQL errors become StoreError."""
+    try:
+        table: pa.Table = client.query_arrow(sql, use_strings=True)
+    except Exception as exc:
+        raise StoreError(str(exc).split("\n")[0]) from exc
+    return table
+
+
+def query_arrow(settings: ClickHouseSettings | Settings, sql: str, timeout: float = 60.0) -> pa.Table:
+    """Run read-only SQL wherever the store is (server, own process, owning sink, or the path itself)."""
+    ch = _settings_of(settings)
+    path = chdb_path(ch.dsn)
+    if path is not None and not opened_here(ch):
+        owner = read_owner(path)
+        if owner is not None:
+            return _remote_arrow(owner, ch.database, sql, timeout)
+        if not path.is_dir():
+            raise StoreError(f"no embedded store at {path} (run 'citystream migrate' or start the sink)")
+    return run_readonly(reader(ch), sql)
+
+
+def query_rows(settings: ClickHouseSettings | Settings, sql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Run read-only SQL and return the rows as dicts (same route as ``citystream query``)."""
+    rows: list[dict[str, Any]] = query_arrow(settings, sql, timeout).to_pylist()
+    return rows

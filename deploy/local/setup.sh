@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for citystream's local stack and tests; each step skips what is there.
+#   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts, Java 17, Maven)
+#   2. .venv with citystream installed editable (+ dev tools); redone when pyproject.toml changes
+#   3. Apache Kafka broker jars from Maven Central into .cache/kafka (deploy/local/pom.xml)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+APT_PACKAGES="mosquitto mosquitto-clients tesseract-ocr tesseract-ocr-tha tesseract-ocr-eng fonts-thai-tlwg
+ libgl1 libglib2.0-0 openjdk-17-jre-headless maven"
+PYTHON="${PYTHON:-python3}"
+
+missing=""
+for p in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# Java 17 and Maven may come from elsewhere than Debian (e.g. a preinstalled JDK): accept them.
+if command -v java >/dev/null && java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then
+  missing=$(echo "$missing" | sed 's/ openjdk-17-jre-headless//')
+fi
+if command -v mvn >/dev/null; then missing=$(echo "$missing" | sed 's/ maven//'); fi
+if [ -n "$missing" ]; then
+  echo "setup: installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+stamp=".venv/.citystream-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv and installing citystream (editable) with dev tools"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' deploy/local/pom.xml)
+if [ ! -f ".cache/kafka/kafka_2.13-${kafka_version}.jar" ]; then
+  echo "setup: fetching Apache Kafka ${kafka_version} broker jars from Maven Central"
+  rm -rf .cache/kafka
+  mvn -q -B -f deploy/local/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$PWD/.cache/kafka"
+fi
+echo "setup: ok"
