@@ -1,0 +1,247 @@
+"""``citystream demo``: the whole pipeline end to end on the local stack, with a verdict.
+
+It starts the bridge, the worker (when installed) and the sink as real processes, waits until an
+MQTT probe travels through the bridge into Kafka and the sink serves queries, runs the traffic
+simulator for ``--duration`` seconds, waits for the sink to store what was published, stops the
+stages with SIGTERM and reports: ``published``, ``stored``, ``lost``, ``duplicates``, ``dlq`` (sensor
+readings of this run, counted in the analyst views) and end-to-end latency ``ingested_at -
+captured_at`` (p50/p99). With ``--json`` the last stdout line is that JSON object. Exit 1 if anything
+was lost or a stage did not stop cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer, TopicPartition
+
+from citystream.cli import config_option, fail, print_json, settings_of
+from citystream.clickhouse import StoreError, chdb_path, query_rows, read_owner
+from citystream.schemas import migrate as schema
+from citystream.schemas.events import DeviceState, DeviceStatus, make_event_id
+from citystream.schemas.topics import DEVICE_STATUS, mqtt_topic
+from citystream.schemas.wire import to_json
+from citystream.settings import Settings, config_path
+from citystream.stack import local
+
+TENANT = "nakhon-rangsit"
+
+
+@dataclass
+class Stage:
+    """One pipeline process started by the demo."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    exit_code: int | None = None
+
+
+@dataclass
+class Pipeline:
+    """The stage processes of one demo run."""
+
+    stages: list[Stage] = field(default_factory=list)
+
+    def start(self, name: str, config: Path, home: Path) -> None:
+        """Start ``citystream <name>`` with the given settings file, output to a log file."""
+        log = home / "logs" / f"demo-{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "citystream", "--config", str(config), name],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.stages.append(Stage(name, proc, log))
+
+    def check_alive(self) -> None:
+        """Raise if a stage has exited."""
+        for st in self.stages:
+            if st.proc.poll() is not None:
+                raise RuntimeError(f"{st.name} exited with {st.proc.returncode}; see {st.log}")
+
+    def stop(self, timeout_s: float = 60.0) -> dict[str, int | None]:
+        """SIGTERM every stage (sink last, so it stores what the others flushed); returns exit codes."""
+        for st in sorted(self.stages, key=lambda s: s.name == "sink"):
+            if st.proc.poll() is None:
+                st.proc.send_signal(signal.SIGTERM)
+                try:
+                    st.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    st.proc.kill()
+                    st.proc.wait()
+            st.exit_code = st.proc.returncode
+        return {st.name: st.exit_code for st in self.stages}
+
+
+def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> None:
+    """Publish status probes over MQTT until one comes out of Kafka: MQTT -> bridge -> Kafka works."""
+    gateway = f"probe-{uuid.uuid4().hex[:8]}"
+    topic = settings.kafka.topic(DEVICE_STATUS)
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"demo-{gateway}",
+                         "enable.auto.commit": False})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+            for p in parts]
+    consumer.assign(ends)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway, protocol=mqtt.MQTTv5)
+    client.username_pw_set(settings.gateway.username, settings.gateway.password.get_secret_value())
+    client.connect(settings.mqtt.host, settings.mqtt.port)
+    client.loop_start()
+    try:
+        deadline, seq = time.monotonic() + timeout_s, 0
+        while time.monotonic() < deadline:
+            pipeline.check_alive()
+            status = DeviceStatus(event_id=make_event_id(gateway, "status", seq), tenant=TENANT,
+                                  gateway_id=gateway, device_id=gateway, seq=seq, captured_at=datetime.now(UTC),
+                                  state=DeviceState.HEARTBEAT, detail="demo readiness probe")
+            client.publish(mqtt_topic(settings.mqtt.topic_root, TENANT, gateway, "gateway", gateway, "status"),
+                           to_json(status), qos=1)
+            seq += 1
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error() and gateway.encode() in (msg.value() or b""):
+                return
+        raise RuntimeError(f"no message went MQTT -> bridge -> Kafka within {timeout_s:.0f}s")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        consumer.close()
+
+
+def _sink_ready(settings: Settings) -> bool:
+    path = chdb_path(settings.clickhouse.dsn)
+    if path is not None and read_owner(path) is None:
+        return False
+    try:
+        query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.SENSOR_READINGS)} LIMIT 1")
+    except StoreError:
+        return False
+    return True
+
+
+def _stored(settings: Settings, run: str) -> dict[str, Any]:
+    where = f"gateway_id LIKE 'gw-{run}-%'"
+    readings = query_rows(settings, f"""
+        SELECT count() AS rows, uniqExact(event_id) AS ids,
+               quantileExact(0.5)(dateDiff('millisecond', captured_at, ingested_at)) / 1000 AS p50,
+               quantileExact(0.99)(dateDiff('millisecond', captured_at, ingested_at)) / 1000 AS p99
+        FROM {schema.view_of(schema.SENSOR_READINGS)} WHERE {where}""")[0]
+    dlq = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.DEAD_LETTERS)} "
+                               f"WHERE original_topic LIKE '%/gw-{run}-%'")[0]["n"]
+    plates = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.PLATE_READS)} WHERE {where}")
+    alerts = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.ALERTS)} WHERE {where}")
+    return {"rows": readings["rows"], "ids": readings["ids"], "p50": readings["p50"], "p99": readings["p99"],
+            "dlq": dlq, "plate_reads": plates[0]["n"], "alerts": alerts[0]["n"]}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the demo simulates."""
+
+    duration_s: float
+    gateways: int
+    cameras: int
+    sensors: int
+    rate_hz: float
+
+
+def run_demo(settings: Settings, config: Path, plan: Plan, echo: Any) -> dict[str, Any]:
+    """Run the pipeline once and return the verdict document."""
+    from citystream.ingest.simulator import simulate
+
+    st = local.status(settings)
+    if not (st["mqtt"]["running"] and st["kafka"]["running"]):
+        raise RuntimeError("the local stack is not running: run 'citystream stack up' (or 'make demo')")
+    run = f"{time.strftime('%m%d%H%M%S')}{uuid.uuid4().hex[:4]}"
+    pipeline = Pipeline()
+    home = settings.stack.home.resolve()
+    stages = ["sink", "bridge"]
+    if importlib.util.find_spec("citystream.processors.cli") is not None:
+        stages.append("worker")
+    for name in stages:
+        pipeline.start(name, config, home)
+    try:
+        echo(f"started {', '.join(stages)}; waiting for them to be ready")
+        _wait(lambda: _sink_ready(settings), 120, "the sink's query path", pipeline)
+        _probe_bridge(settings, pipeline, 120)
+        echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
+             f"for {plan.duration_s:.0f}s (run {run})")
+        stats = simulate(settings, gateways=plan.gateways, cameras=plan.cameras, sensors=plan.sensors,
+                         rate=plan.rate_hz, duration=plan.duration_s, tenant=TENANT, gateway_prefix=f"gw-{run}")
+        published = int(stats.published.get("reading", 0))
+        echo(f"published {published} readings, {stats.published.get('frame', 0)} frames; waiting for the sink")
+        deadline = time.monotonic() + 120
+        stored = _stored(settings, run)
+        while stored["ids"] < published and time.monotonic() < deadline:
+            pipeline.check_alive()
+            time.sleep(1.0)
+            stored = _stored(settings, run)
+        time.sleep(3.0 if "worker" in stages else 0.0)
+        stored = _stored(settings, run)
+    finally:
+        codes = pipeline.stop()
+    return {
+        "run": run, "published": published, "stored": int(stored["ids"]),
+        "lost": max(0, published - int(stored["ids"])), "duplicates": int(stored["rows"]) - int(stored["ids"]),
+        "dlq": int(stored["dlq"]), "e2e_latency_p50_s": float(stored["p50"] or 0.0),
+        "e2e_latency_p99_s": float(stored["p99"] or 0.0), "frames_published": int(stats.published.get("frame", 0)),
+        "plate_reads": int(stored["plate_reads"]), "alerts": int(stored["alerts"]), "stage_exit_codes": codes,
+    }
+
+
+@click.command("demo")
+@click.option("--duration", type=click.FloatRange(min=5), default=60.0, show_default=True, help="Seconds of traffic.")
+@click.option("--gateways", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--cameras", type=click.IntRange(min=0), default=1, show_default=True, help="Cameras per gateway.")
+@click.option("--sensors", type=click.IntRange(min=0), default=4, show_default=True, help="Sensors per gateway.")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Readings per second per sensor.")
+@click.option("--json", "as_json", is_flag=True, help="Last stdout line is the verdict as JSON.")
+@config_option
+@click.pass_context
+def demo(ctx: click.Context, duration: float, gateways: int, cameras: int, sensors: int, rate: float,
+         as_json: bool, config: str | None) -> None:
+    """Run gateways -> MQTT -> bridge -> Kafka -> worker -> sink -> ClickHouse and check nothing was lost."""
+    settings = settings_of(ctx)
+    path = config_path(config or ctx.find_root().params.get("config"))
+    if path is None:
+        fail("no settings file: run 'citystream stack up' first (it writes .citystream/citystream.yaml)", 2)
+    plan = Plan(duration, gateways, cameras, sensors, rate)
+    echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    try:
+        result = run_demo(settings, path.resolve(), plan, echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    ok = result["lost"] == 0 and result["duplicates"] == 0 and all(
+        c == 0 for c in result["stage_exit_codes"].values())
+    summary = (f"published {result['published']}  stored {result['stored']}  lost {result['lost']}  "
+               f"duplicates {result['duplicates']}  dlq {result['dlq']}  plate reads {result['plate_reads']}  "
+               f"alerts {result['alerts']}  e2e p50 {result['e2e_latency_p50_s']:.3f}s "
+               f"p99 {result['e2e_latency_p99_s']:.3f}s  stages {result['stage_exit_codes']}")
+    echo(("OK  " if ok else "FAILED  ") + summary)
+    if as_json:
+        print_json(result)
+    if not ok:
+        sys.exit(1)
+
+
