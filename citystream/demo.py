@@ -11,12 +11,12 @@ was lost or a stage did not stop cleanly.
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 import click
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
 
 from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.clickhouse import StoreError, chdb_path, query_rows, read_owner
@@ -34,8 +35,6 @@ from citystream.schemas.topics import DEVICE_STATUS, mqtt_topic
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings, config_path
 from citystream.stack import local
-
-TENANT = "nakhon-rangsit"
 
 
 @dataclass
@@ -104,7 +103,7 @@ def _probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> N
     ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
             for p in parts]
     consumer.assign(ends)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=gateway, protocol=mqtt.MQTTv5)
     client.username_pw_set(settings.gateway.username, settings.gateway.password.get_secret_value())
     client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
@@ -112,11 +111,12 @@ def _probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> N
         deadline, seq = time.monotonic() + timeout_s, 0
         while time.monotonic() < deadline:
             pipeline.check_alive()
-            status = DeviceStatus(event_id=make_event_id(gateway, "status", seq), tenant=TENANT,
+            status = DeviceStatus(event_id=make_event_id(gateway, "status", seq), tenant=settings.gateway.tenant,
                                   gateway_id=gateway, device_id=gateway, seq=seq, captured_at=datetime.now(UTC),
                                   state=DeviceState.HEARTBEAT, detail="demo readiness probe")
-            client.publish(mqtt_topic(settings.mqtt.topic_root, TENANT, gateway, "gateway", gateway, "status"),
-                           to_json(status), qos=1)
+            probe_topic = mqtt_topic(settings.mqtt.topic_root, settings.gateway.tenant, gateway, "gateway", gateway,
+                               "status")
+            client.publish(probe_topic, to_json(status), qos=1)
             seq += 1
             msg = consumer.poll(1.0)
             if msg is not None and not msg.error() and gateway.encode() in (msg.value() or b""):
@@ -140,14 +140,14 @@ def _sink_ready(settings: Settings) -> bool:
 
 
 def _stored(settings: Settings, run: str) -> dict[str, Any]:
-    where = f"gateway_id LIKE 'gw-{run}-%'"
+    where = f"gateway_id LIKE '{run}-gw-%'"
     readings = query_rows(settings, f"""
         SELECT count() AS rows, uniqExact(event_id) AS ids,
                quantileExact(0.5)(dateDiff('millisecond', captured_at, ingested_at)) / 1000 AS p50,
                quantileExact(0.99)(dateDiff('millisecond', captured_at, ingested_at)) / 1000 AS p99
         FROM {schema.view_of(schema.SENSOR_READINGS)} WHERE {where}""")[0]
     dlq = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.DEAD_LETTERS)} "
-                               f"WHERE original_topic LIKE '%/gw-{run}-%'")[0]["n"]
+                               f"WHERE original_topic LIKE '%/{run}-gw-%'")[0]["n"]
     plates = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.PLATE_READS)} WHERE {where}")
     alerts = query_rows(settings, f"SELECT count() AS n FROM {schema.view_of(schema.ALERTS)} WHERE {where}")
     return {"rows": readings["rows"], "ids": readings["ids"], "p50": readings["p50"], "p99": readings["p99"],
@@ -163,9 +163,10 @@ class Plan:
     cameras: int
     sensors: int
     rate_hz: float
+    worker: bool = True
 
 
-def run_demo(settings: Settings, config: Path, plan: Plan, echo: Any) -> dict[str, Any]:
+def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
     """Run the pipeline once and return the verdict document."""
     from citystream.ingest.simulator import simulate
 
@@ -175,9 +176,7 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Any) -> dict[st
     run = f"{time.strftime('%m%d%H%M%S')}{uuid.uuid4().hex[:4]}"
     pipeline = Pipeline()
     home = settings.stack.home.resolve()
-    stages = ["sink", "bridge"]
-    if importlib.util.find_spec("citystream.processors.cli") is not None:
-        stages.append("worker")
+    stages = ["sink", "bridge", *(["worker"] if plan.worker else [])]
     for name in stages:
         pipeline.start(name, config, home)
     try:
@@ -187,7 +186,7 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Any) -> dict[st
         echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
              f"for {plan.duration_s:.0f}s (run {run})")
         stats = simulate(settings, gateways=plan.gateways, cameras=plan.cameras, sensors=plan.sensors,
-                         rate=plan.rate_hz, duration=plan.duration_s, tenant=TENANT, gateway_prefix=f"gw-{run}")
+                         rate=plan.rate_hz, duration=plan.duration_s, prefix=run)
         published = int(stats.published.get("reading", 0))
         echo(f"published {published} readings, {stats.published.get('frame', 0)} frames; waiting for the sink")
         deadline = time.monotonic() + 120
@@ -216,18 +215,23 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Any) -> dict[st
 @click.option("--sensors", type=click.IntRange(min=0), default=4, show_default=True, help="Sensors per gateway.")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Readings per second per sensor.")
+@click.option("--worker/--no-worker", default=True, show_default=True,
+              help="Run the Faust worker (plates, faces, alerts); without it only raw streams are stored.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line is the verdict as JSON.")
 @config_option
 @click.pass_context
 def demo(ctx: click.Context, duration: float, gateways: int, cameras: int, sensors: int, rate: float,
-         as_json: bool, config: str | None) -> None:
+         worker: bool, as_json: bool, config: str | None) -> None:
     """Run gateways -> MQTT -> bridge -> Kafka -> worker -> sink -> ClickHouse and check nothing was lost."""
     settings = settings_of(ctx)
     path = config_path(config or ctx.find_root().params.get("config"))
     if path is None:
         fail("no settings file: run 'citystream stack up' first (it writes .citystream/citystream.yaml)", 2)
-    plan = Plan(duration, gateways, cameras, sensors, rate)
-    echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    plan = Plan(duration, gateways, cameras, sensors, rate, worker)
+
+    def echo(message: str) -> None:
+        click.echo(message, err=as_json)
+
     try:
         result = run_demo(settings, path.resolve(), plan, echo)
     except RuntimeError as exc:
