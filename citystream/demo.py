@@ -11,7 +11,9 @@ was lost or a stage did not stop cleanly.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ class Stage:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    metrics_url: str
     exit_code: int | None = None
 
 
@@ -53,14 +56,18 @@ class Pipeline:
 
     stages: list[Stage] = field(default_factory=list)
 
-    def start(self, name: str, config: Path, home: Path) -> None:
-        """Start ``citystream <name>`` with the given settings file, output to a log file."""
+    def start(self, name: str, config: Path, home: Path) -> Stage:
+        """Start ``citystream <name>`` with the given settings file, output to a log file, /metrics on a free port."""
         log = home / "logs" / f"demo-{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        env = {**os.environ, "CITYSTREAM_METRICS__HOST": "127.0.0.1", "CITYSTREAM_METRICS__PORT": str(port)}
         with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "citystream", "--config", str(config), name],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.stages.append(Stage(name, proc, log))
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        stage = Stage(name, proc, log, f"http://127.0.0.1:{port}/metrics")
+        self.stages.append(stage)
+        return stage
 
     def check_alive(self) -> None:
         """Raise if a stage has exited."""
@@ -80,6 +87,13 @@ class Pipeline:
                     st.proc.wait()
             st.exit_code = st.proc.returncode
         return {st.name: st.exit_code for st in self.stages}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, interval_s: float = 0.5) -> Any:
@@ -178,9 +192,10 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str],
     home = settings.stack.home.resolve()
     stages = ["sink", "bridge", *(["worker"] if plan.worker else [])]
     for name in stages:
-        pipeline.start(name, config, home)
+        stage = pipeline.start(name, config, home)
+        echo(f"started {name}: log {stage.log}, metrics {stage.metrics_url}")
     try:
-        echo(f"started {', '.join(stages)}; waiting for them to be ready")
+        echo("waiting for the stages to be ready")
         _wait(lambda: _sink_ready(settings), 120, "the sink's query path", pipeline)
         _probe_bridge(settings, pipeline, 120)
         echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
