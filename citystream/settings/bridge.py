@@ -18,7 +18,8 @@ class BridgeSettings(Section):
     session_expiry_s: int = Field(86_400, ge=0,
                                   description="how long Mosquitto keeps QoS 1 messages for a stopped bridge")
     max_inflight: int = Field(1000, ge=1, le=65535, description="unacked MQTT messages; also MQTT v5 ReceiveMaximum")
-    max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                    description="payload bytes read but not yet confirmed by Kafka (plus one message)")
     max_reading_bytes: int = Field(16 * 1024, ge=256)
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_clock_skew_s: float = Field(7 * 86400.0, gt=0)

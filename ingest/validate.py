@@ -1,0 +1,167 @@
+"""Input validation for the bridge: one MQTT message -> an accepted Kafka record or a DLQ reason.
+
+Pure functions of (topic, payload, user properties, clock): no I/O, so every reason is unit-tested.
+Accepted readings and statuses keep their original bytes (no re-serialisation); frames keep the
+JPEG bytes and their FrameMeta user properties become Kafka headers. Every accepted record also
+gets a ``bridge_received_at`` header (UTC ISO 8601, ms) with the time the bridge took it.
+
+Reasons (``REASONS``, the ``reason`` label of ``citystream_bridge_dlq_total``):
+
+- ``unknown_topic``: the topic does not follow the topic map.
+- ``oversized``: payload above ``bridge.max_reading_bytes`` / ``bridge.max_frame_bytes``.
+- ``not_json``: a reading/status body that is not JSON (or not UTF-8).
+- ``non_finite``: NaN or +-Infinity where a number belongs.
+- ``schema``: JSON that does not fit the contract (missing/extra fields, wrong types, values).
+- ``topic_mismatch``: tenant/gateway/device in the topic differ from those in the event.
+- ``bad_event_id``: ``event_id`` is not ``make_event_id(gateway, stream, seq)`` (would break dedup).
+- ``clock_skew``: ``captured_at`` further than ``bridge.max_clock_skew_s`` from the bridge clock.
+- ``not_jpeg``: a frame body without the JPEG start (FF D8) and end (FF D9) markers.
+- ``bad_frame_meta``: FrameMeta user properties missing/invalid, or ``jpeg_bytes`` != body size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from citystream.schemas.events import ID_NAMESPACE, DeviceStatus, Event, SensorReading, error_summary
+from citystream.schemas.topics import KAFKA_TOPIC_OF_STREAM, MqttAddress, parse_mqtt_topic
+from citystream.schemas.wire import frame_meta_from_pairs
+from citystream.settings.bridge import BridgeSettings
+
+REASONS = ("unknown_topic", "oversized", "not_json", "non_finite", "schema", "topic_mismatch", "bad_event_id",
+           "clock_skew", "not_jpeg", "bad_frame_meta")
+RECEIVED_HEADER = "bridge_received_at"
+JPEG_START = b"\xff\xd8"
+JPEG_END = b"\xff\xd9"
+_NS = ID_NAMESPACE.bytes
+_JSON_MODELS: dict[str, type[SensorReading] | type[DeviceStatus]] = {"reading": SensorReading, "status": DeviceStatus}
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A message fit for Kafka: destination (base topic name), key, headers and sequence identity."""
+
+    stream: str
+    kafka_topic: str
+    key: str
+    headers: Headers
+    tenant: str
+    gateway: str
+    seq: int
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A message for the DLQ: machine-readable reason, human detail, and what the topic revealed."""
+
+    reason: str
+    detail: str
+    tenant: str = ""
+    key: str = ""
+
+
+def fast_event_id(gateway_id: str, stream: str, seq: int) -> str:
+    """Same value as ``schemas.events.make_event_id`` without building a UUID object (hot path)."""
+    raw = bytearray(hashlib.sha1(_NS + f"{gateway_id}/{stream}/{seq}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def is_jpeg(payload: bytes) -> bool:
+    """True when the body starts with SOI (FF D8) and ends with EOI (FF D9)."""
+    return len(payload) >= 4 and payload.startswith(JPEG_START) and payload.endswith(JPEG_END)
+
+
+def classify(exc: ValidationError, default: str) -> str:
+    """The DLQ reason of a pydantic error: ``not_json``, ``non_finite`` or ``default``."""
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        return "not_json"
+    for e in errors:
+        value = e.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            return "non_finite"
+        if isinstance(value, str) and value.strip().lower() in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+            return "non_finite"
+        if "finite" in e["msg"]:
+            return "non_finite"
+    return default
+
+
+def received_at(now: float) -> str:
+    """The ``bridge_received_at`` header value for an epoch time."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Validator:
+    """Checks messages against the topic map and the contracts; limits come from ``BridgeSettings``."""
+
+    def __init__(self, settings: BridgeSettings, topic_root: str, clock: Callable[[], float] = time.time) -> None:
+        """Validator for one topic root; ``clock`` returns epoch seconds (inject a fake one in tests)."""
+        self.settings = settings
+        self.root = topic_root
+        self.clock = clock
+
+    def check(self, topic: str, payload: bytes, props: Sequence[tuple[str, str]] = ()) -> Accepted | Rejected:
+        """Validate one MQTT message."""
+        addr = parse_mqtt_topic(topic, self.root)
+        if addr is None:
+            return Rejected("unknown_topic", f"topic does not follow {self.root}/tenant/gateway/family/device/stream")
+        limit = self.settings.max_frame_bytes if addr.stream == "frame" else self.settings.max_reading_bytes
+        if len(payload) > limit:
+            return Rejected("oversized", f"{len(payload)} bytes > limit {limit}", addr.tenant, addr.device)
+        if addr.stream == "frame":
+            return self._frame(addr, payload, props)
+        return self._json(addr, payload, props)
+
+    def _json(self, addr: MqttAddress, payload: bytes, props: Sequence[tuple[str, str]]) -> Accepted | Rejected:
+        model = _JSON_MODELS[addr.stream]
+        try:
+            event: Event = model.model_validate_json(payload)
+        except ValidationError as exc:
+            return Rejected(classify(exc, "schema"), error_summary(exc), addr.tenant, addr.device)
+        # A status names the gateway in its topic; its device_id may be a device of that gateway.
+        check_device = addr.stream != "status"
+        return self._common(addr, event, props, check_device)
+
+    def _frame(self, addr: MqttAddress, payload: bytes, props: Sequence[tuple[str, str]]) -> Accepted | Rejected:
+        if not is_jpeg(payload):
+            return Rejected("not_jpeg", f"body of {len(payload)} bytes lacks JPEG SOI/EOI markers",
+                            addr.tenant, addr.device)
+        try:
+            meta = frame_meta_from_pairs(props)
+        except ValidationError as exc:
+            return Rejected(classify(exc, "bad_frame_meta"), error_summary(exc), addr.tenant, addr.device)
+        if meta.jpeg_bytes != len(payload):
+            return Rejected("bad_frame_meta", f"jpeg_bytes={meta.jpeg_bytes} but body has {len(payload)} bytes",
+                            addr.tenant, addr.device)
+        return self._common(addr, meta, props, True)
+
+    def _common(self, addr: MqttAddress, event: Event, props: Sequence[tuple[str, str]],
+                check_device: bool) -> Accepted | Rejected:
+        if (event.tenant != addr.tenant or event.gateway_id != addr.gateway
+                or (check_device and event.device_id != addr.device)):
+            return Rejected("topic_mismatch", f"topic {addr.tenant}/{addr.gateway}/{addr.device} but event "
+                            f"{event.tenant}/{event.gateway_id}/{event.device_id}", addr.tenant, addr.device)
+        if event.event_id != fast_event_id(event.gateway_id, addr.stream, event.seq):
+            return Rejected("bad_event_id", f"event_id {event.event_id} != id of {event.gateway_id}/{addr.stream}/"
+                            f"{event.seq}", addr.tenant, addr.device)
+        now = self.clock()
+        skew = event.captured_at.timestamp() - now
+        if abs(skew) > self.settings.max_clock_skew_s:
+            return Rejected("clock_skew", f"captured_at {event.captured_at.isoformat()} is {skew:+.0f}s from bridge "
+                            "clock", addr.tenant, addr.device)
+        headers = [*props, (RECEIVED_HEADER, received_at(now))]
+        return Accepted(addr.stream, KAFKA_TOPIC_OF_STREAM[addr.stream], event.device_id, headers,
+                        addr.tenant, addr.gateway, event.seq)
