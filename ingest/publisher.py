@@ -1,0 +1,277 @@
+"""MQTT v5 QoS 1 publisher that drains the disk spool through a bounded in-flight window.
+
+One thread owns the paho client (``client.loop()`` is called here, no paho network thread), so
+callbacks, reconnects and publishes never race. Every message is already in the spool
+(:mod:`citystream.ingest.spool`); this loop hands the next rows to paho while fewer than
+``gateway.window`` (and the broker's Receive Maximum) are unacknowledged (paho's
+``max_queued_messages`` is set to the same bound and a ``MQTT_ERR_QUEUE_SIZE`` answer simply leaves
+the row in the spool). A row bigger than the broker's Maximum Packet Size is dropped and counted
+(``too_large``) instead of blocking the spool forever. A row is deleted from the spool
+only when its PUBACK arrives. On a lost connection paho keeps its unacknowledged messages and sends
+them again first after the reconnect (with DUP), then the spool backlog follows in order; after a
+restart the whole spool is published again.
+
+Delivery guarantee: at-least-once per message, in spool (= capture) order per gateway; duplicates
+(a PUBACK lost with the connection, a crash between PUBACK and delete) carry the same ``event_id``
+and are removed downstream. A PUBACK with a failure reason (e.g. 0x87 "Not authorized" from the
+broker's ACL) is final: the row is dropped, counted in ``dropped{reason}`` and logged as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from citystream.ingest.spool import Spool, Spooled
+from citystream.settings import MqttSettings
+from citystream.settings.gateway import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+AUTH_REFUSED = {134, 135}  # Bad User Name or Password, Not authorized
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus collectors (one set per registry, shared by simulated gateways)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"citystream_gateway_{name}", doc, labels, registry=registry)
+
+        self.captured = counter("captured_total", "Messages captured and stored in the spool", ("stream",))
+        self.published = counter("published_total", "Messages acknowledged by the broker (PUBACK)", ("stream",))
+        self.spooled = counter("spooled_total", "Messages that had to wait in the disk spool "
+                                                "(broker unreachable or in-flight window full)", ("stream",))
+        self.replayed = counter("replayed_total", "Messages published from the spool after a reconnect or restart",
+                                ("stream",))
+        self.dropped = counter("dropped_total", "Messages or frames dropped, by reason", ("reason",))
+        self.bytes = counter("published_bytes_total", "Payload bytes acknowledged by the broker", ("stream",))
+        self.skipped = counter("frames_skipped_total", "Frames not published: fps cap or no motion", ("reason",))
+        self.camera_errors = counter("camera_errors_total", "Camera open/read failures", ("reason",))
+        self.connect_failures = counter("connect_failures_total", "Failed broker connection attempts: "
+                                        "unreachable, auth (bad login / not authorized), refused", ("reason",))
+        self.encode_seconds = Histogram("citystream_gateway_encode_seconds", "Resize + JPEG encode time per frame",
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                                        registry=registry)
+        self.spool_bytes = Gauge("citystream_gateway_spool_bytes", "Bytes waiting in the disk spool", registry=registry)
+        self.spool_messages = Gauge("citystream_gateway_spool_messages", "Messages waiting in the disk spool",
+                                    registry=registry)
+        self.connected = Gauge("citystream_gateway_connected", "Gateways connected to the broker", registry=registry)
+        self.cameras_up = Gauge("citystream_gateway_cameras_up", "Cameras delivering frames", registry=registry)
+
+
+@dataclass
+class _InFlight:
+    row: Spooled
+    replay: bool
+
+
+class Publisher:
+    """Owns one paho client; ``run`` drains the spool until ``stop`` and the drain time are over."""
+
+    def __init__(self, mqtt_settings: MqttSettings, gateway: GatewaySettings, spool: Spool,
+                 metrics: GatewayMetrics, will: Callable[[], tuple[str, bytes]] | None = None) -> None:
+        self.mqtt = mqtt_settings
+        self.gateway = gateway
+        self.spool = spool
+        self.metrics = metrics
+        self.connected = False
+        self.auth_error: str | None = None
+        self.connack = threading.Event()  # set once the first connection attempt has an outcome
+        self._inflight: dict[int, _InFlight] = {}
+        self._acked: list[int] = []
+        self._cursor = 0
+        self._replay_upto = spool.last_id
+        self._socket_open = False
+        self._next_attempt = 0.0
+        self._backoff = gateway.reconnect_min_s
+        self._stop = threading.Event()
+        self._drain_deadline = 0.0
+        self._denied_logged = 0
+        self._will = will
+        self._will_needed = True
+        self._closing = False
+        self._max_packet = 0
+        self._window = gateway.window
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client_id = self.gateway.client_id or f"citystream-gw-{self.gateway.gateway_id}"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.username_pw_set(self.gateway.username or None, self.gateway.password.get_secret_value() or None)
+        client.max_inflight_messages_set(self.gateway.window)
+        client.max_queued_messages_set(self.gateway.window)
+        if self.mqtt.tls is not None:
+            tls = self.mqtt.tls
+            client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                           certfile=str(tls.cert_file) if tls.cert_file else None,
+                           keyfile=str(tls.key_file) if tls.key_file else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    @property
+    def window_full(self) -> bool:
+        """True when the in-flight window is full or there is no connection (new messages wait in the spool)."""
+        return not self.connected or len(self._inflight) >= self._window
+
+    # -- paho callbacks (all run in the publisher thread) --------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            code = int(reason.value)
+            message = f"broker refused the connection: {reason} (code {code}) for user {self.gateway.username!r}"
+            if code in AUTH_REFUSED:
+                self.auth_error = message
+            self.metrics.connect_failures.labels("auth" if code in AUTH_REFUSED else "refused").inc()
+            log.error("mqtt connect refused", extra={"reason": str(reason), "code": code,
+                                                     "username": self.gateway.username})
+            self.connack.set()
+            return
+        self.auth_error = None
+        self.connected = True
+        self._max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
+        # never more unacknowledged QoS 1 messages than the broker's Receive Maximum (paho does not check)
+        self._window = max(1, min(self.gateway.window, int(getattr(props, "ReceiveMaximum", 0) or 65535)))
+        self._will_needed = True
+        self._backoff = self.gateway.reconnect_min_s
+        self._replay_upto = max(self._replay_upto, self.spool.last_id)
+        self.metrics.connected.inc()
+        log.info("mqtt connected", extra={"host": self.mqtt.host, "port": self.mqtt.port,
+                                          "gateway": self.gateway.gateway_id, "spooled": self.spool.count})
+        self.connack.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self.connected:
+            self.metrics.connected.dec()
+            if not self._closing:
+                log.warning("mqtt disconnected", extra={"reason": str(reason), "gateway": self.gateway.gateway_id,
+                                                        "inflight": len(self._inflight)})
+        self.connected = False
+        self._socket_open = False
+        self._next_attempt = time.monotonic() + self._backoff
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        self._acked.append(entry.row.id)
+        row = entry.row
+        if reason.is_failure:
+            name = "not_authorized" if int(reason.value) == 135 else "refused"
+            self.metrics.dropped.labels(name).inc()
+            if self._denied_logged < 5 or self._denied_logged % 1000 == 0:
+                log.error("broker refused a publish; message dropped (check the broker ACL for this gateway)"
+                          if name == "not_authorized" else "broker refused a publish; message dropped",
+                          extra={"reason": str(reason), "code": int(reason.value), "topic": row.topic,
+                                 "username": self.gateway.username, "seq": row.seq})
+            self._denied_logged += 1
+            return
+        self.metrics.published.labels(row.stream).inc()
+        self.metrics.bytes.labels(row.stream).inc(len(row.payload))
+        if entry.replay:
+            self.metrics.replayed.labels(row.stream).inc()
+
+    # -- loop ------------------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """One (re)connect attempt; failures schedule the next with exponential backoff."""
+        self._next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.gateway.reconnect_max_s)
+        if self._will is not None and self._will_needed:
+            topic, payload = self._will()
+            self.client.will_set(topic, payload, qos=1, retain=False)
+            self._will_needed = False
+        try:
+            self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s, clean_start=True)
+        except OSError as exc:
+            self.connack.set()  # no broker to ask: nothing to wait for at start
+            self.metrics.connect_failures.labels("unreachable").inc()
+            log.warning("mqtt broker unreachable; spooling", extra={"host": self.mqtt.host, "port": self.mqtt.port,
+                                                                    "error": str(exc), "retry_s": self._backoff})
+            return
+        self._socket_open = True
+
+    def _feed(self) -> None:
+        """Hand the next spooled rows to paho while the in-flight window has room."""
+        rows = self.spool.after(self._cursor, self._window - len(self._inflight))
+        for row in rows:
+            if self._max_packet and row.nbytes > self._max_packet:
+                self._refuse_too_large(row)
+                continue
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if row.properties:
+                props.UserProperty = list(row.properties)
+            else:
+                props.PayloadFormatIndicator = 1
+            info = self.client.publish(row.topic, row.payload, qos=1, properties=props)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                break
+            self._inflight[info.mid] = _InFlight(row, row.id <= self._replay_upto)
+            self._cursor = row.id
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                break
+
+    def _refuse_too_large(self, row: Spooled) -> None:
+        """Drop a row the broker announced it would not take (bigger than its maximum packet size)."""
+        self._cursor = row.id
+        self._acked.append(row.id)
+        self.metrics.dropped.labels("too_large").inc()
+        log.error("message larger than the broker's maximum packet size; dropped",
+                  extra={"gateway": self.gateway.gateway_id, "topic": row.topic, "seq": row.seq,
+                         "bytes": row.nbytes, "max_packet_size": self._max_packet})
+
+    def _step(self) -> None:
+        if not self._socket_open and time.monotonic() >= self._next_attempt:
+            self._connect()
+        if self._socket_open:
+            rc = self.client.loop(timeout=0.02)
+            if rc != mqtt.MQTT_ERR_SUCCESS and self._socket_open:
+                self._on_disconnect(self.client, None, None, rc, None)
+        else:
+            self._stop.wait(0.05)
+        if self._acked:
+            self.spool.ack(self._acked)
+            self._acked.clear()
+        if self.connected:
+            self._feed()
+        self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_messages.set(self.spool.count)
+
+    def run(self) -> None:
+        """Publish until ``stop`` was called and the spool is empty or the drain time is over."""
+        try:
+            while True:
+                if self._stop.is_set() and (self.spool.count == 0 or time.monotonic() >= self._drain_deadline):
+                    break
+                try:
+                    self._step()
+                except Exception:
+                    log.exception("publisher step failed", extra={"gateway": self.gateway.gateway_id})
+                    self._stop.wait(1.0)
+        finally:
+            self._closing = True
+            if self.connected:
+                # 0x04 "Disconnect with Will Message": the broker publishes our 'offline' status.
+                self.client.disconnect(ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+                self.client.loop(timeout=0.1)
+                if self.connected:  # paho did not report the disconnect
+                    self._on_disconnect(self.client, None, None, None, None)
+            log.info("publisher stopped", extra={"gateway": self.gateway.gateway_id, "left_in_spool": self.spool.count})
+
+    def stop(self, drain_s: float) -> None:
+        """Ask ``run`` to finish after publishing what is spooled (at most ``drain_s`` more seconds)."""
+        self._drain_deadline = time.monotonic() + drain_s
+        self._stop.set()
