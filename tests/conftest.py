@@ -51,6 +51,7 @@ def stack_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "kafka_controller_port": free_port(), "kafka_jars": str(REPO / ".cache" / "kafka"), "kafka_heap": "512m"}}))
     res = citystream("stack", "up", config=base, check=False, timeout=180)
     if res.returncode != 0:
+        citystream("stack", "down", config=base, check=False)  # whatever did start
         raise RuntimeError(f"stack up failed:\n{res.stdout}\n{res.stderr}")
     yield home / "citystream.yaml"
     citystream("stack", "down", config=base, check=False)
@@ -77,6 +78,7 @@ def settings(stack_home: Path, chdb_dsn: str, unique: str) -> Settings:
         "clickhouse.dsn": chdb_dsn,
         "clickhouse.database": unique,
         "sink.group_id": f"{unique}-sink",
+        "sink.query_port": 0,
         "bridge.share_group": f"{unique}-bridge",
     })
     ensure_topics(s)

@@ -20,6 +20,9 @@ class StackSettings(Section):
     kafka_controller_port: int = Field(9093, ge=1, le=65535)
     kafka_jars: Path = Path(".cache/kafka")
     kafka_heap: str = Field("768m", pattern=r"^[0-9]+[mg]$")
-    mqtt_max_queued_messages: int = Field(100_000, ge=1000)
-    mqtt_max_queued_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    mqtt_max_queued_messages: int = Field(
+        2_000_000, ge=1000, description="per-session QoS 1 queue in Mosquitto; beyond it messages for a blocked "
+        "bridge are dropped while publishers still got their PUBACK: size as ingest rate x longest Kafka outage")
+    mqtt_max_queued_bytes: int = Field(1024**3, ge=1024 * 1024, le=2**31 - 1,
+                                       description="the same limit in bytes (Mosquitto reads a 32-bit int)")
     start_timeout_s: float = Field(60.0, gt=0)

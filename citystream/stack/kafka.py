@@ -99,7 +99,9 @@ def format_storage(settings: Settings, props: Path) -> None:
     data = props.parent / "data"
     if (data / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # a leading '-' would be read as an option by the storage tool
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     cmd = [_java(), "-cp", _classpath(settings), f"-Dlog4j2.configurationFile={props.parent / 'log4j2.properties'}",
            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
     res = subprocess.run(cmd, capture_output=True, text=True)

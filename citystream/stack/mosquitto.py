@@ -65,9 +65,11 @@ acl_file {base / "acl"}
 listener {st.mqtt_port} 127.0.0.1
 persistence true
 persistence_location {base / "data"}/
+# Snapshot every 10 s: a crash of Mosquitto itself (not a restart) can lose what arrived since.
 autosave_interval 10
 # The default (1000 queued QoS 1 messages per client) silently drops beyond it for a slow or
-# disconnected subscriber such as a restarting bridge: set deliberately.
+# disconnected subscriber such as a restarting or Kafka-blocked bridge, after the publisher got its
+# PUBACK. Sized as ingest rate x the longest Kafka outage to ride out (stack.mqtt_max_queued_*).
 max_queued_messages {st.mqtt_max_queued_messages}
 max_queued_bytes {st.mqtt_max_queued_bytes}
 max_inflight_messages 1000
