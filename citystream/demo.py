@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,14 +27,14 @@ from typing import Any
 
 import click
 import paho.mqtt.client as mqtt
-from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.clickhouse import StoreError, chdb_path, query_rows, read_owner
 from citystream.schemas import migrate as schema
 from citystream.schemas.events import DeviceState, DeviceStatus, make_event_id
-from citystream.schemas.topics import DEVICE_STATUS, mqtt_topic
+from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings, config_path
 from citystream.stack import local
@@ -107,20 +108,28 @@ def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, inter
     raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def _probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> None:
-    """Publish status probes over MQTT until one comes out of Kafka: MQTT -> bridge -> Kafka works."""
+def _bridge_acked(url: str) -> float:
+    """``citystream_bridge_acked_total`` of a running bridge (PUBACKs sent after Kafka confirmed)."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "citystream_bridge_acked_total":
+                return float(sample.value)
+    return 0.0
+
+
+def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> None:
+    """Publish status probes over MQTT until the bridge acks one, which it does only once Kafka has it."""
+    bridge = next(st for st in pipeline.stages if st.name == "bridge")
     gateway = f"probe-{uuid.uuid4().hex[:8]}"
-    topic = settings.kafka.topic(DEVICE_STATUS)
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"demo-{gateway}",
-                         "enable.auto.commit": False})
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in parts]
-    consumer.assign(ends)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=gateway, protocol=mqtt.MQTTv5)
     client.username_pw_set(settings.gateway.username, settings.gateway.password.get_secret_value())
     client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
+    topic = mqtt_topic(settings.mqtt.topic_root, settings.gateway.tenant, gateway, "gateway", gateway, "status")
     try:
         deadline, seq = time.monotonic() + timeout_s, 0
         while time.monotonic() < deadline:
@@ -128,18 +137,15 @@ def _probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> N
             status = DeviceStatus(event_id=make_event_id(gateway, "status", seq), tenant=settings.gateway.tenant,
                                   gateway_id=gateway, device_id=gateway, seq=seq, captured_at=datetime.now(UTC),
                                   state=DeviceState.HEARTBEAT, detail="demo readiness probe")
-            probe_topic = mqtt_topic(settings.mqtt.topic_root, settings.gateway.tenant, gateway, "gateway", gateway,
-                               "status")
-            client.publish(probe_topic, to_json(status), qos=1)
+            client.publish(topic, to_json(status), qos=1)
             seq += 1
-            msg = consumer.poll(1.0)
-            if msg is not None and not msg.error() and gateway.encode() in (msg.value() or b""):
+            time.sleep(1.0)
+            if _bridge_acked(bridge.metrics_url) > 0:
                 return
         raise RuntimeError(f"no message went MQTT -> bridge -> Kafka within {timeout_s:.0f}s")
     finally:
         client.loop_stop()
         client.disconnect()
-        consumer.close()
 
 
 def _sink_ready(settings: Settings) -> bool:
@@ -197,7 +203,7 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str],
     try:
         echo("waiting for the stages to be ready")
         _wait(lambda: _sink_ready(settings), 120, "the sink's query path", pipeline)
-        _probe_bridge(settings, pipeline, 120)
+        probe_bridge(settings, pipeline, 120)
         echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
              f"for {plan.duration_s:.0f}s (run {run})")
         stats = simulate(settings, gateways=plan.gateways, cameras=plan.cameras, sensors=plan.sensors,

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from citystream.demo import Pipeline
+from citystream.demo import Pipeline, probe_bridge
 from citystream.schemas.events import Metric, SensorReading, make_event_id
 from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import to_json
@@ -62,15 +62,13 @@ def test_one_reading_reaches_citystream_query(settings: Settings, tmp_path: Path
     try:
         pipeline.start("sink", config, tmp_path)
         pipeline.start("bridge", config, tmp_path)
+        probe_bridge(settings, pipeline, 90)  # the bridge's subscription is live: MQTT -> Kafka works
+        _publish(settings, reading)
         deadline = time.monotonic() + 90
         rows: list[dict[str, object]] = []
-        published = False
         while not rows and time.monotonic() < deadline:
             pipeline.check_alive()
-            if not published and (tmp_path / "clickhouse" / "citystream-owner.json").exists():
-                _publish(settings, reading)  # QoS 1: acked by the bridge only once Kafka has it
-                published = True
-            if published:
+            if (tmp_path / "clickhouse" / "citystream-owner.json").exists():
                 rows = _query(config, sql)
             time.sleep(0.5)
     finally:
