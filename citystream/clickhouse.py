@@ -13,8 +13,10 @@ Two engines, one client library (clickhouse-connect):
      body; the answer is an Arrow IPC stream (types survive the trip: DateTime64 stays a UTC datetime);
   3. nobody owns PATH → open it directly, read-only.
 
-Read-only means the ClickHouse setting ``readonly=1`` on a dedicated client (in chDB a per-query
-setting would stick to the session, so writers and readers never share a client).
+Read-only means a dedicated client (in chDB a per-query setting would stick to the session, so writers
+and readers never share a client) with ``readonly=1`` on chDB — Arrow strings as bytes are set before it,
+since no setting can change afterwards — and ``readonly=2`` (no writes or DDL, settings allowed) on a
+server, where each request carries its settings; give server readers a read-only user as well.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import pyarrow.ipc as pa_ipc
 from citystream.settings import ClickHouseSettings, Settings
 
 OWNER_FILE = "citystream-owner.json"
-READONLY = {"readonly": 1}
+READONLY_CHDB = {"output_format_arrow_string_as_string": 0, "readonly": 1}  # order matters: readonly last
+READONLY_SERVER = {"readonly": 2}
 
 _lock = threading.Lock()
 _opened_path: Path | None = None
@@ -78,8 +81,8 @@ def connect(settings: ClickHouseSettings | Settings, *, readonly: bool = False, 
     """A clickhouse-connect client for the configured DSN (``database=False``: no default database)."""
     ch = _settings_of(settings)
     db = ch.database if database else None
-    opts: dict[str, Any] = dict(READONLY) if readonly else {}
     path = chdb_path(ch.dsn)
+    opts: dict[str, Any] = dict(READONLY_SERVER if path is None else READONLY_CHDB) if readonly else {}
     if path is None:
         try:
             return clickhouse_connect.get_client(dsn=ch.dsn, username=ch.username, database=db,
@@ -169,13 +172,47 @@ def _remote_arrow(owner: Owner, database: str, sql: str, timeout: float) -> pa.T
     return table
 
 
+def _text_type(dtype: pa.DataType) -> pa.DataType:
+    """``dtype`` with every binary part (ClickHouse String/FixedString) turned into text."""
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_fixed_size_binary(dtype):
+        return pa.string()
+    if pa.types.is_map(dtype):
+        item = dtype.item_field
+        return pa.map_(_text_type(dtype.key_type), pa.field(item.name, _text_type(item.type), item.nullable))
+    if pa.types.is_list(dtype):
+        value = dtype.value_field
+        return pa.list_(pa.field(value.name, _text_type(value.type), value.nullable))
+    if pa.types.is_struct(dtype):
+        return pa.struct([pa.field(f.name, _text_type(f.type), f.nullable) for f in dtype])
+    return dtype
+
+
+def as_text(table: pa.Table) -> pa.Table:
+    """String columns as text where every value is UTF-8; columns holding other bytes stay binary."""
+    columns = []
+    for column in table.columns:
+        target = _text_type(column.type)
+        if target != column.type:
+            try:
+                source = column.cast(pa.binary()) if pa.types.is_fixed_size_binary(column.type) else column
+                column = source.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # e.g. original_bytes of a dead letter: stays bytes
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
 def run_readonly(client: Any, sql: str) -> pa.Table:
-    """Run SQL on a read-only client as an Arrow table; SQL errors become StoreError."""
+    """Run SQL on a read-only client as an Arrow table; SQL errors become StoreError.
+
+    Strings are fetched as bytes and turned into text per column only when valid UTF-8, so raw bytes
+    (a dead letter's original payload) come back intact instead of failing the whole query.
+    """
     try:
-        table: pa.Table = client.query_arrow(sql, use_strings=True)
+        table: pa.Table = client.query_arrow(sql, use_strings=False)
     except Exception as exc:
         raise StoreError(str(exc).split("\n")[0]) from exc
-    return table
+    return as_text(table)
 
 
 def query_arrow(settings: ClickHouseSettings | Settings, sql: str, timeout: float = 60.0) -> pa.Table:
@@ -193,5 +230,5 @@ def query_arrow(settings: ClickHouseSettings | Settings, sql: str, timeout: floa
 
 def query_rows(settings: ClickHouseSettings | Settings, sql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Run read-only SQL and return the rows as dicts (same route as ``citystream query``)."""
-    rows: list[dict[str, Any]] = query_arrow(settings, sql, timeout).to_pylist()
+    rows: list[dict[str, Any]] = query_arrow(settings, sql, timeout).to_pylist(maps_as_pydicts="lossy")
     return rows

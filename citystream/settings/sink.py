@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from citystream.settings.base import Section
 
@@ -27,11 +27,26 @@ class SinkSettings(Section):
     batch_rows: int = Field(50_000, ge=1)
     batch_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     batch_age_s: float = Field(1.0, gt=0)
+    session_timeout_ms: int = Field(45_000, ge=6_000, le=300_000,
+                                    description="consumer group session timeout: how soon a dead sink's "
+                                                "partitions move to another (or a restarted) sink")
     query_host: str = "127.0.0.1"
     query_port: int = Field(8124, ge=0, le=65535, description="0 = any free port (advertised to readers)")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
     retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS),
                                            description="table -> days kept (TTL on captured_at), 0 = forever")
+    archive_frames: bool = Field(True, description="keep frames that carry detections in frames_dir + frame_index")
     frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")
     crash_after_inserts: int = Field(0, ge=0, description="TEST ONLY: SIGKILL self after N inserted windows, "
                                                           "before the offset commit (fault tests); 0 = off")
+
+    @field_validator("retention_days")
+    @classmethod
+    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_RETENTION_DAYS))
+        if unknown:
+            raise ValueError(f"unknown table(s) {', '.join(unknown)}; tables: {', '.join(DEFAULT_RETENTION_DAYS)}")
+        negative = sorted(t for t, days in value.items() if days < 0)
+        if negative:
+            raise ValueError(f"days must be >= 0 (0 = forever): {', '.join(negative)}")
+        return value

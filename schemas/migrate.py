@@ -1,0 +1,179 @@
+"""ClickHouse schema: table and view names, and the numbered migrations that create them.
+
+Migrations are ``schemas/migrations/NNNN_name.sql`` files, applied in number order into
+``clickhouse.database`` (``{db}`` in the SQL is replaced by it). Each applied file is recorded in
+``{db}._migrations`` with its checksum; a re-run applies nothing. Every statement is idempotent
+(``IF NOT EXISTS``), so a run interrupted half-way is finished by the next one. A recorded file
+whose content changed is reported as an error: add a new file instead of editing an applied one.
+A migration that adds a column to a table must also ``CREATE OR REPLACE VIEW`` its ``v_*`` view:
+ClickHouse expands ``SELECT *`` when a view is created.
+
+After the files, the retention (TTL) of each table is set from ``sink.retention_days`` (0 = keep
+forever); it is altered only when it differs from what the table already has.
+
+Cluster variant (``citystream migrate --cluster-sql NAME`` prints it): :func:`cluster_sql` rewrites
+the same files for a ClickHouse cluster (``ON CLUSTER``, ``Replicated*MergeTree`` with the usual
+``{shard}``/``{replica}`` macros), and :func:`distributed_sql` adds a ``<table>_all`` ``Distributed``
+table per raw table, sharded by ``cityHash64(event_id)`` so every copy of an event lands on the same
+shard, where ReplacingMergeTree and ``FINAL`` can collapse it. The sink writes to ``<table>_all``
+(or to local tables per shard); ``insert_deduplication_token`` then uses the replicated dedup window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MIGRATIONS_TABLE = "_migrations"
+
+SENSOR_READINGS = "sensor_readings"
+PLATE_READS = "plate_reads"
+FACE_MATCHES = "face_matches"
+ALERTS = "alerts"
+DEVICE_STATUS = "device_status"
+FRAME_INDEX = "frame_index"
+DEAD_LETTERS = "dead_letters"
+SINK_WINDOWS = "_sink_windows"
+
+TABLES: tuple[str, ...] = (SENSOR_READINGS, PLATE_READS, FACE_MATCHES, ALERTS, DEVICE_STATUS, FRAME_INDEX, DEAD_LETTERS)
+ROLLUP_VIEWS: tuple[str, ...] = ("v_sensor_1m", "v_sensor_1h", "v_vehicles_1h", "v_alerts_1d")
+
+
+def view_of(table: str) -> str:
+    """The analyst view (duplicates hidden) of a raw table."""
+    return f"v_{table}"
+
+
+VIEWS: dict[str, str] = {table: view_of(table) for table in TABLES}
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file's text."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self, database: str) -> list[str]:
+        """The file's statements with ``{db}`` replaced, comments and blanks dropped."""
+        text = "\n".join(line for line in self.sql.splitlines() if not line.lstrip().startswith("--"))
+        return [s.strip().replace("{db}", f"`{database}`") for s in text.split(";") if s.strip()]
+
+
+class MigrationError(Exception):
+    """A migration file is malformed or an applied one was edited."""
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """All migration files in version order; duplicate or malformed names are errors."""
+    found: dict[int, Migration] = {}
+    for file in sorted(directory.glob("*.sql")):
+        match = _NAME.match(file.name)
+        if not match:
+            raise MigrationError(f"migration file name must be NNNN_name.sql: {file.name}")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migrations with version {version}: {found[version].name}, {file.name}")
+        found[version] = Migration(version, file.stem, file.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def _applied(client: Any, database: str) -> dict[int, str]:
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS `{database}`.{MIGRATIONS_TABLE} (version UInt32, name String, checksum String,"
+        " applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version")
+    rows = client.query(f"SELECT version, checksum FROM `{database}`.{MIGRATIONS_TABLE} FINAL").result_rows
+    return {int(v): str(c) for v, c in rows}
+
+
+def migrate(client: Any, database: str, directory: Path = MIGRATIONS_DIR,
+            retention_days: Mapping[str, int] | None = None) -> list[str]:
+    """Apply pending migrations (and retention); returns the names applied now (empty = nothing to do)."""
+    applied = _applied(client, database)
+    done: list[str] = []
+    for mig in load_migrations(directory):
+        if mig.version in applied:
+            if applied[mig.version] != mig.checksum:
+                raise MigrationError(f"migration {mig.name} was edited after it was applied; add a new file")
+            continue
+        for statement in mig.statements(database):
+            client.command(statement)
+        client.insert(MIGRATIONS_TABLE, [[mig.version, mig.name, mig.checksum, datetime.now(UTC)]],
+                      column_names=["version", "name", "checksum", "applied_at"], database=database)
+        log.info("migration applied", extra={"database": database, "migration": mig.name})
+        done.append(mig.name)
+    if retention_days:
+        done.extend(apply_retention(client, database, retention_days))
+    return done
+
+
+def _ttl_clause(days: int) -> str:
+    return f"toDateTime(captured_at) + toIntervalDay({days})"
+
+
+def apply_retention(client: Any, database: str, retention_days: Mapping[str, int]) -> list[str]:
+    """Set each table's TTL to its configured days (0 removes it); returns ``ttl:<table>`` for tables changed."""
+    changed: list[str] = []
+    for table, days in sorted(retention_days.items()):
+        if table not in TABLES:
+            raise MigrationError(f"retention for unknown table {table!r}; tables: {', '.join(TABLES)}")
+        current = client.command(
+            f"SELECT engine_full FROM system.tables WHERE database = '{database}' AND name = '{table}'")
+        has_ttl = " TTL " in str(current)
+        wanted = _ttl_clause(days) if days > 0 else None
+        if wanted is not None and wanted in str(current):
+            continue
+        if wanted is None and not has_ttl:
+            continue
+        if wanted is None:
+            client.command(f"ALTER TABLE `{database}`.{table} REMOVE TTL")
+        else:
+            client.command(f"ALTER TABLE `{database}`.{table} MODIFY TTL {wanted}",
+                           settings={"materialize_ttl_after_modify": 0})
+        log.info("retention set", extra={"database": database, "table": table, "days": days})
+        changed.append(f"ttl:{table}")
+    return changed
+
+
+_ENGINE = re.compile(r"ENGINE\s*=\s*(Replacing|Aggregating)?MergeTree(\(([^)]*)\))?")
+
+
+def cluster_sql(migration: Migration, database: str, cluster: str) -> list[str]:
+    """The statements of one migration for a cluster: ``ON CLUSTER`` and ``Replicated*MergeTree``."""
+    out: list[str] = []
+    for statement in migration.statements(database):
+        statement = re.sub(r"^(CREATE (?:MATERIALIZED )?(?:TABLE|VIEW) IF NOT EXISTS \S+|ALTER TABLE \S+)",
+                           rf"\1 ON CLUSTER `{cluster}`", statement)
+
+        def replicated(m: re.Match[str]) -> str:
+            args = ["'/clickhouse/tables/{shard}/{database}/{table}'", "'{replica}'"]
+            if m.group(3):
+                args.append(m.group(3))
+            return f"ENGINE = Replicated{m.group(1) or ''}MergeTree({', '.join(args)})"
+
+        out.append(_ENGINE.sub(replicated, statement))
+    return out
+
+
+def distributed_sql(database: str, cluster: str) -> list[str]:
+    """``Distributed`` tables ``<table>_all`` over the replicated raw tables, sharded by event_id."""
+    return [f"CREATE TABLE IF NOT EXISTS `{database}`.{table}_all ON CLUSTER `{cluster}` AS `{database}`.{table} "
+            f"ENGINE = Distributed(`{cluster}`, `{database}`, {table}, cityHash64(event_id))" for table in TABLES]

@@ -1,0 +1,130 @@
+"""A batch window: rows per target table plus the Kafka offset ranges they came from.
+
+The window is the unit of delivery: its rows are inserted table by table, then its DLQ records are
+produced, then its offsets are committed. Each table's insert carries a dedup token derived from the
+table name and the window's topic/partition/offset ranges, so re-inserting the same window (after a
+crash between insert and commit) is dropped by ClickHouse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from citystream.sinks.rows import Row, arrow_schema
+
+TopicPartition = tuple[str, int]
+Source = tuple[str, bytes | None, bytes | None, Any]
+"""Where a row came from: (topic, key, value, raw Kafka headers) — the DLQ needs the original bytes."""
+
+
+@dataclass
+class TableRows:
+    """Columns of one table's pending rows."""
+
+    table: str
+    schema: pa.Schema
+    columns: dict[str, list[Any]]
+    sources: list[Source] = field(default_factory=list)
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, table: str) -> TableRows:
+        """No rows yet."""
+        schema = arrow_schema(table)
+        return cls(table, schema, {name: [] for name in schema.names if name != "ingested_at"})
+
+    def append(self, row: Row, source: Source) -> None:
+        """Add one row (all columns but ingested_at) and where it came from."""
+        for name, values in self.columns.items():
+            values.append(row[name])
+        self.sources.append(source)
+        self.rows += 1
+
+    def sort(self) -> None:
+        """Order rows by (topic, partition, offset): a rebuilt window then splits into the same sub-blocks."""
+        order = sorted(range(self.rows), key=lambda i: (self.sources[i][0], self.columns["kafka_partition"][i],
+                                                        self.columns["kafka_offset"][i]))
+        if order == list(range(self.rows)):
+            return
+        for name, values in self.columns.items():
+            self.columns[name] = [values[i] for i in order]
+        self.sources = [self.sources[i] for i in order]
+
+    def to_arrow(self, ingested_at_ms: int, start: int = 0, stop: int | None = None) -> pa.Table:
+        """Rows ``start:stop`` as an Arrow table, ``ingested_at`` stamped on every row."""
+        stop = self.rows if stop is None else stop
+        arrays = []
+        for fld in self.schema:
+            if fld.name == "ingested_at":
+                arrays.append(pa.array([ingested_at_ms] * (stop - start), type=pa.int64()).cast(fld.type))
+            else:
+                arrays.append(pa.array(self.columns[fld.name][start:stop], type=fld.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def row(self, index: int) -> Row:
+        """One pending row as a dict."""
+        return {name: values[index] for name, values in self.columns.items()}
+
+
+@dataclass
+class Window:
+    """Rows per table, dead letters and offset ranges since the last commit."""
+
+    clock: Callable[[], float] = time.monotonic
+    tables: dict[str, TableRows] = field(default_factory=dict)
+    ranges: dict[TopicPartition, list[int]] = field(default_factory=dict)
+    dead: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
+    size_bytes: int = 0
+    rows: int = 0
+    opened_at: float | None = None
+
+    def track(self, topic: str, partition: int, offset: int, size: int) -> None:
+        """Record that a record at ``offset`` is part of this window."""
+        if self.opened_at is None:
+            self.opened_at = self.clock()
+        rng = self.ranges.get((topic, partition))
+        if rng is None:
+            self.ranges[(topic, partition)] = [offset, offset]
+        else:
+            rng[1] = max(rng[1], offset)
+        self.size_bytes += size
+
+    def add(self, table: str, row: Row, source: Source) -> None:
+        """Add a row for ``table``."""
+        rows = self.tables.get(table)
+        if rows is None:
+            rows = self.tables[table] = TableRows.empty(table)
+        rows.append(row, source)
+        self.rows += 1
+
+    def add_dead(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a dead letter (JSON value) for the DLQ topic."""
+        self.dead.append((topic, value, key))
+
+    def is_empty(self) -> bool:
+        """No records tracked since the last commit."""
+        return not self.ranges
+
+    def is_full(self, max_rows: int, max_bytes: int, max_age_s: float) -> bool:
+        """Whether a size or age limit is reached."""
+        if self.opened_at is None:
+            return False
+        return self.rows >= max_rows or self.size_bytes >= max_bytes or self.clock() - self.opened_at >= max_age_s
+
+    def ranges_key(self) -> str:
+        """Canonical text of the offset ranges (topic:partition:first-last, sorted)."""
+        return ";".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
+
+    def token(self, table: str, part: str = "") -> str:
+        """Dedup token of one table's block in this window (``part`` names a sub-block after a split)."""
+        return hashlib.sha256(f"{table}|{self.ranges_key()}|{part}".encode()).hexdigest()
+
+    def commit_offsets(self) -> dict[TopicPartition, int]:
+        """The next offset to read per partition (what to commit)."""
+        return {tp: last + 1 for tp, (_first, last) in self.ranges.items()}

@@ -1,0 +1,103 @@
+"""The sink's read-only query endpoint for an embedded (chDB) store it owns.
+
+``POST /query?database=DB`` with SQL as the body → ``200`` and an Arrow IPC stream, or ``400`` and
+the ClickHouse error text. ``GET /health`` → ``ok``. Every query runs on a dedicated client with
+``readonly=1``; writes, DDL and setting changes are refused by ClickHouse itself. It listens on loopback by
+default (``sink.query_host``/``sink.query_port``; port 0 picks a free one) and is advertised to readers
+by :func:`citystream.clickhouse.advertise`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
+
+from citystream.clickhouse import StoreError, reader, run_readonly
+from citystream.settings import ClickHouseSettings
+
+log = logging.getLogger(__name__)
+MAX_SQL_BYTES = 1024 * 1024
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa_ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+class QueryServer:
+    """Serves read-only SQL on the owned store in a daemon thread."""
+
+    def __init__(self, ch: ClickHouseSettings, host: str, port: int) -> None:
+        self.ch = ch
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("query endpoint " + format, *args)
+
+            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if urlparse(self.path).path == "/health":
+                    self._reply(200, b"ok", "text/plain")
+                else:
+                    self._reply(404, b"not found", "text/plain")
+
+            def do_POST(self) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                if url.path != "/query" or not 0 < length <= MAX_SQL_BYTES:
+                    self._reply(400, b"POST /query with SQL in the body (at most 1 MiB)", "text/plain")
+                    return
+                sql = self.rfile.read(length).decode(errors="replace")
+                database = parse_qs(url.query).get("database", [server.ch.database])[0]
+                try:
+                    table = server.run(sql, database)
+                except StoreError as exc:
+                    self._reply(400, str(exc).encode(), "text/plain; charset=utf-8")
+                    return
+                except Exception as exc:  # never drop the connection without an answer
+                    log.exception("query endpoint failed")
+                    self._reply(500, f"query failed: {exc}".encode(), "text/plain; charset=utf-8")
+                    return
+                self._reply(200, _arrow_bytes(table), "application/vnd.apache.arrow.stream")
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="query-endpoint", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL readers use."""
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def run(self, sql: str, database: str) -> pa.Table:
+        """One read-only query on ``database``."""
+        ch = self.ch.model_copy(update={"database": database})
+        return run_readonly(reader(ch), sql)
+
+    def start(self) -> QueryServer:
+        """Start serving; returns self."""
+        self.thread.start()
+        log.info("query endpoint up", extra={"url": self.url})
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()

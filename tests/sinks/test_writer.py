@@ -1,0 +1,179 @@
+"""The writer on embedded chDB: dedup tokens, backoff on outages, poison isolation by splitting blocks."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+
+from citystream import clickhouse
+from citystream.schemas.migrate import migrate
+from citystream.settings import ClickHouseSettings
+from citystream.sinks.batch import Window
+from citystream.sinks.metrics import SinkMetrics
+from citystream.sinks.replay import pending_window
+from citystream.sinks.rows import ROUTES, to_row
+from citystream.sinks.writer import Stopped, Writer
+from tests.sinks.factory import TOPIC_OF, plate, reading
+
+pytestmark = pytest.mark.integration
+
+
+class SimulatedTime(threading.Event):
+    """A stop event whose waits advance a simulated clock instead of sleeping, and are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Record the backoff delay and let simulated time pass."""
+        assert timeout is not None
+        self.waits.append(timeout)
+        self.now += timeout
+        return self.is_set()
+
+
+class Outage:
+    """A client whose inserts fail with a connection error until ``until`` (simulated seconds)."""
+
+    def __init__(self, client: Any, time: SimulatedTime, until: float) -> None:
+        self.client = client
+        self.time = time
+        self.until = until
+        self.failures = 0
+
+    def insert_arrow(self, *args: Any, **kwargs: Any) -> Any:
+        """Fail during the outage, else insert."""
+        if self.time.now < self.until:
+            self.failures += 1
+            raise ConnectionError("Connection refused")
+        return self.client.insert_arrow(*args, **kwargs)
+
+
+@pytest.fixture
+def ch(chdb_dsn: str, unique: str) -> ClickHouseSettings:
+    """This test's migrated database on the process's chDB path."""
+    settings = ClickHouseSettings(dsn=chdb_dsn, database=unique)
+    migrate(clickhouse.connect(settings, database=False), unique)
+    return settings
+
+
+def window_of(events: list[BaseModel], partition: int = 0, first_offset: int = 0) -> Window:
+    """A window holding the events at consecutive offsets of one partition of their topic."""
+    window = Window()
+    for i, event in enumerate(events):
+        topic = TOPIC_OF[type(event)]
+        value = event.model_dump_json().encode()
+        window.track(topic, partition, first_offset + i, len(value))
+        route = ROUTES[topic]
+        row = to_row(route, value)
+        row.update(kafka_partition=partition, kafka_offset=first_offset + i)
+        window.add(route.table, row, (topic, None, value, None))
+    return window
+
+
+def count(client: Any, sql: str) -> int:
+    """A single number."""
+    return int(client.command(sql))
+
+
+def test_same_window_inserted_twice_is_dropped_by_its_token(ch: ClickHouseSettings) -> None:
+    client = clickhouse.connect(ch)
+    writer = Writer(client, ch.database, SinkMetrics(CollectorRegistry()), 1.0, threading.Event())
+    events: list[BaseModel] = [reading(i) for i in range(30)]
+    assert writer.insert_window(window_of(events), 1) == []
+    assert writer.insert_window(window_of(events), 2) == []
+    assert count(client, "SELECT count() FROM sensor_readings") == 30
+    assert count(client, "SELECT sum(readings) FROM v_sensor_1h") == 30
+    assert writer.insert_window(window_of(events, first_offset=30), 3) == []  # same events, other offsets
+    assert count(client, "SELECT count() FROM sensor_readings") == 60
+    assert count(client, "SELECT count() FROM v_sensor_readings") == 30
+
+
+def test_outage_backs_off_exponentially_with_a_cap_then_every_row_arrives(ch: ClickHouseSettings) -> None:
+    time = SimulatedTime()
+    registry = CollectorRegistry()
+    outage = Outage(clickhouse.connect(ch), time, until=20.0)
+    writer = Writer(outage, ch.database, SinkMetrics(registry), 4.0, time, clock=lambda: time.now)
+    assert writer.insert_window(window_of([reading(i) for i in range(100)]), 1) == []
+    assert time.waits == [0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0, 4.0, 4.0]
+    assert outage.failures == len(time.waits)
+    assert registry.get_sample_value("citystream_sink_insert_retries_total", {"table": "sensor_readings"}) == 9
+    assert registry.get_sample_value("citystream_sink_rows_inserted_total", {"table": "sensor_readings"}) == 100
+    assert count(outage.client, "SELECT count() FROM v_sensor_readings") == 100
+
+
+def test_stop_during_an_outage_gives_up_without_inserting(ch: ClickHouseSettings) -> None:
+    time = SimulatedTime()
+    time.set()
+    outage = Outage(clickhouse.connect(ch), time, until=1e9)
+    writer = Writer(outage, ch.database, SinkMetrics(CollectorRegistry()), 1.0, time)
+    with pytest.raises(Stopped):
+        writer.insert_window(window_of([reading(1)]), 1)
+    assert count(outage.client, "SELECT count() FROM sensor_readings") == 0
+
+
+def test_rows_refused_by_clickhouse_are_isolated_and_the_rest_inserted(ch: ClickHouseSettings) -> None:
+    client = clickhouse.connect(ch)
+    registry = CollectorRegistry()
+    writer = Writer(client, ch.database, SinkMetrics(registry), 1.0, threading.Event())
+    window = window_of([plate(i, "abc"[i % 3]) for i in range(9)] + [reading(i) for i in range(5)])
+    plates = window.tables["plate_reads"]
+    plates.columns["plate_pseudonym"][4] = "f" * 65  # does not fit FixedString(64): refused by ClickHouse
+    window.tables["sensor_readings"].columns["value"][2] = "warm"  # not a Float64: refused building the block
+    poison = writer.insert_window(window, 1)
+    assert sorted((p.table, p.row["seq"]) for p in poison) == [("plate_reads", 4), ("sensor_readings", 2)]
+    assert all(p.source[2] for p in poison) and all(p.detail for p in poison)
+    assert count(client, "SELECT count() FROM v_plate_reads") == 8
+    assert count(client, "SELECT count() FROM v_sensor_readings") == 4
+    again = writer.insert_window(window, 2)  # a replay splits the same way, so every sub-block is dropped
+    assert len(again) == 2
+    assert count(client, "SELECT count() FROM plate_reads") == 8
+    assert count(client, "SELECT count() FROM sensor_readings") == 4
+
+
+def test_pending_window_is_the_newest_logged_one_not_yet_committed(ch: ClickHouseSettings) -> None:
+    client = clickhouse.connect(ch)
+    writer = Writer(client, ch.database, SinkMetrics(CollectorRegistry()), 1.0, threading.Event())
+    topic = TOPIC_OF[type(reading(0))]
+    first = window_of([reading(i) for i in range(10)])
+    writer.log_window("g", first)
+    second = window_of([reading(i) for i in range(10, 15)], first_offset=10)
+    writer.log_window("g", second)
+    assert pending_window(client, ch.database, "g", {(topic, 0): 10}) == {(topic, 0): (10, 14)}
+    assert pending_window(client, ch.database, "g", {(topic, 0): 15}) is None  # committed
+    assert pending_window(client, ch.database, "g", {(topic, 1): 10}) is None  # partition not assigned here
+    assert pending_window(client, ch.database, "other", {(topic, 0): 10}) is None
+
+
+def test_a_rebuilt_window_with_other_interleaving_splits_the_same_way(ch: ClickHouseSettings) -> None:
+    client = clickhouse.connect(ch)
+    writer = Writer(client, ch.database, SinkMetrics(CollectorRegistry()), 1.0, threading.Event())
+    a = window_of([reading(i, device="pm-a") for i in range(6)], partition=0)
+    b = window_of([reading(i, device="pm-b", gateway="gw-b") for i in range(6)], partition=1)
+
+    def interleaved(order: list[tuple[Window, int]]) -> Window:
+        window = Window()
+        for source, i in order:
+            rows = source.tables["sensor_readings"]
+            row = rows.row(i)
+            window.track(rows.sources[i][0], row["kafka_partition"], row["kafka_offset"], 1)
+            if (row["kafka_partition"], row["kafka_offset"]) == (1, 3):
+                row["value"] = "warm"  # poison
+            window.add("sensor_readings", row, rows.sources[i])
+        return window
+
+    first = interleaved([(a, i) for i in range(6)] + [(b, i) for i in range(6)])
+    replay = interleaved([(w, i) for i in range(6) for w in (b, a)])
+    assert first.token("sensor_readings") == replay.token("sensor_readings")
+    assert [p.row["seq"] for p in writer.insert_window(first, 1)] == [3]
+    assert [p.row["seq"] for p in writer.insert_window(replay, 2)] == [3]
+    good = {(r["device_id"], r["seq"]) for r in (dict(zip(("device_id", "seq"), row, strict=True)) for row in
+            client.query("SELECT device_id, seq FROM sensor_readings").result_rows)}
+    assert len(good) == 11 and ("pm-b", 3) not in good
+    assert count(client, "SELECT count() FROM sensor_readings") == 11
