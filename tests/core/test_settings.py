@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from citystream.settings import ConfigError, load_settings
+from citystream.settings import ConfigError, dump_settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +59,20 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     cfg.write_text("mqtt:\n  password: hunter2-secret\n")
     s = load_settings(cfg)
     assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).parents[2] / "deploy" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_documented_examples_are_valid_settings(example: Path) -> None:
+    """Every key of a shipped example is accepted and lands where the example says (no silent default)."""
+    def leaves(value: object, prefix: str = "") -> dict[str, str]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in leaves(item, f"{prefix}{key}.").items()}
+        if isinstance(value, list):
+            return {k: v for i, item in enumerate(value) for k, v in leaves(item, f"{prefix}{i}.").items()}
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return {prefix.rstrip("."): str(float(value)) if number else str(value)}
+
+    written = leaves(yaml.safe_load(example.read_text()))
+    loaded = leaves(dump_settings(load_settings(example)))
+    assert written and {k: loaded.get(k) for k in written} == written
