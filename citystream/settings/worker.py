@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -78,14 +79,16 @@ class WorkerSettings(Section):
     """Faust processors: app id, vision pool, per-tenant pseudonym keys, windows, alerts, notifiers."""
 
     app_id: str = Field("citystream-worker", pattern=r"^[A-Za-z0-9_.-]+$",
-                        description="Faust app id (consumer group, internal topics); the Kafka topic prefix is prepended")
+                        description="Faust app id (group, internal topics); kafka.topic_prefix is prepended")
+    data_dir: Path | None = Field(None, description="Faust's data directory (default: stack.home/worker/<app id>)")
     vision_processes: int = Field(0, ge=0, description="0 = one per core")
-    frame_batch: int = Field(0, ge=0, description="frames taken at once (0 = 2 x vision processes)")
-    frame_batch_wait_s: float = Field(0.05, gt=0)
+    frame_batch: int = Field(0, ge=0, description="frames in flight at most (0 = 2 x vision processes)")
     max_frame_pixels: int = Field(8192 * 8192, ge=1, description="JPEG headers above this go to the DLQ undecoded")
     pseudonym_keys: dict[str, SecretStr] = Field(default_factory=dict,
                                                  description="tenant -> HMAC key; '*' applies to other tenants")
     face_threshold: float = Field(0.6, gt=0, lt=2)
+    watchlist_refresh_s: float = Field(1.0, gt=0, description="how often the matching index is rebuilt")
+    alert_cooldown_s: float = Field(60.0, ge=0, description="one watchlist alert per camera and entry per period")
     face_upsample: int = Field(0, ge=0, le=2, description="dlib HOG upsampling (finds smaller faces, slower)")
     web_port: int = Field(0, ge=0, le=65535, description="Faust's own web server on 127.0.0.1 (0 = off)")
     window_s: int = Field(60, ge=1, description="tumbling window length by event time")
