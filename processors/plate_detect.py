@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import cv2  # type: ignore[import-untyped]
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -89,14 +89,14 @@ def cascade_candidates(small: GrayImage) -> list[Quad]:
     """Plates found by OpenCV's Haar plate cascade, grown to the Thai two-line plate shape."""
     boxes = _cascade().detectMultiScale(small, scaleFactor=1.15, minNeighbors=3, minSize=(MIN_PLATE_W, 12))
     quads: list[Quad] = []
-    for x, y, w, h in boxes if len(boxes) else []:
+    for x, y, w, _h in boxes if len(boxes) else []:
         plate_h = w * PLATE_H / PLATE_W
         top = y - 0.1 * plate_h
         quads.append(np.array([[x, top], [x + w, top], [x + w, top + plate_h], [x, top + plate_h]], np.float32))
     return quads
 
 
-def _overlap(a: Quad, b: Quad) -> float:
+def box_iou(a: Quad, b: Quad) -> float:
     """Intersection over union of the axis-aligned boxes of two quads."""
     ax0, ay0 = a.min(axis=0)
     ax1, ay1 = a.max(axis=0)
@@ -114,7 +114,7 @@ def _dedupe(quads: list[Quad], limit: int) -> list[Quad]:
     ranked = sorted(quads, key=lambda q: -float(cv2.contourArea(q)))
     kept: list[Quad] = []
     for quad in ranked:
-        if all(_overlap(quad, other) < 0.85 for other in kept):
+        if all(box_iou(quad, other) < 0.85 for other in kept):
             kept.append(quad)
     return kept[:limit]
 
@@ -137,6 +137,19 @@ def find_candidates(gray: GrayImage, *, use_cascade: bool = False) -> list[Quad]
     if use_cascade:
         quads += cascade_candidates(small)
     return [q * back for q in _dedupe(quads, MAX_CANDIDATES)]
+
+
+def grow(quad: Quad, along: float, across: float) -> Quad:
+    """Scale ``quad`` about its centre by ``along`` its top edge's direction and ``across`` it."""
+    tl, tr, br, bl = quad
+    u = (tr - tl) + (br - bl)
+    v = (bl - tl) + (br - tr)
+    u = u / max(float(np.linalg.norm(u)), 1e-6)
+    v = v / max(float(np.linalg.norm(v)), 1e-6)
+    centre = quad.mean(axis=0)
+    d = quad - centre
+    grown: Quad = (centre + np.outer(d @ u, u) * along + np.outer(d @ v, v) * across).astype(np.float32)
+    return grown
 
 
 def rectify(gray: GrayImage, quad: Quad) -> GrayImage:

@@ -9,7 +9,10 @@ Public entry points, both deterministic for a given ``random.Random`` state:
   frame (sky, buildings, asphalt, lane markings, a car-ish box) with the plate warped in
   perspective onto the car; ``label.bbox`` is the plate's ``(x, y, w, h)`` in the frame.
 
-The traffic simulator calls these two; the plate reader's evaluation and training use them too.
+* :func:`plate_patch` ``(rng) -> (BGR ndarray, PlateLabel)`` — the same plate, warp and camera on a
+  small patch of car body instead of a whole frame: ten times cheaper, for training data.
+
+The traffic simulator calls the first two; the plate reader's evaluation and training use them too.
 """
 
 from __future__ import annotations
@@ -19,17 +22,15 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-import cv2  # type: ignore[import-untyped]
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from citystream.processors.plate_format import PLATE_CONSONANTS
 from citystream.processors.provinces import PROVINCES
 
 FONT_DIR = Path("/usr/share/fonts/truetype/tlwg")
-#: Thai consonants used in registrations (the obsolete ฃ and ฅ never appear).
-PLATE_CONSONANTS = "กขคฆงจฉชซฌญฎฏฐฑฒณดตถทธนบปผฝพฟภมยรลวศษสหฬอฮ"
-DIGITS = "0123456789"
 PLATE_RATIO = 15 / 34  # height / width of a Thai car plate (34 x 15 cm)
 
 Bbox = tuple[int, int, int, int]
@@ -283,4 +284,21 @@ def road_scene_with_plate(rng: random.Random, width: int = 1280,
     cy = rng.uniform(max(horizon + plate_w, height * 0.55), height - plate_w * 0.8)
     _car(rng, frame, int(plate_w), int(cx), int(cy))
     bbox = _paste_plate(frame, plate, _plate_quad(rng, (cx, cy), plate_w, plate_h))
+    return _camera(rng, frame), replace(label, bbox=bbox)
+
+
+def plate_patch(rng: random.Random) -> tuple[BgrImage, PlateLabel]:
+    """Render one plate on a patch of car body and bumper (BGR uint8) with the scene's camera effects."""
+    plate_img, label = render_plate(rng)
+    plate = cv2.cvtColor(np.asarray(plate_img), cv2.COLOR_RGB2BGR)
+    plate_w = rng.uniform(150, 250)
+    plate_h = plate_w * plate_img.height / plate_img.width
+    width, height = int(plate_w * rng.uniform(1.6, 2.2)), int(plate_w * rng.uniform(0.9, 1.2))
+    body = (rng.randint(20, 235), rng.randint(20, 235), rng.randint(20, 235))
+    frame = np.empty((height, width, 3), np.uint8)
+    frame[:] = body
+    bumper_top = int(height * rng.uniform(0.55, 0.8))
+    frame[bumper_top:] = tuple(int(c * 0.6) for c in body)
+    centre = (width / 2 + rng.uniform(-0.1, 0.1) * width, height / 2 + rng.uniform(-0.08, 0.08) * height)
+    bbox = _paste_plate(frame, plate, _plate_quad(rng, centre, plate_w, plate_h))
     return _camera(rng, frame), replace(label, bbox=bbox)

@@ -1,0 +1,147 @@
+"""``citystream plates read|eval|train``: Thai licence plates in image files, offline.
+
+``read [--json] [--tenant T] IMAGE...`` prints one line per plate found. With ``--json`` each line is
+a JSON object with keys ``image``, ``registration``, ``province``, ``confidence``, ``bbox``
+(``[x, y, w, h]``) and ``pseudonym`` (keyed HMAC-SHA256 with the tenant's
+``worker.pseudonym_keys`` entry, or the ``*`` entry; ``null`` when neither is configured).
+A file that is missing, not an image, corrupt or too large is reported on stderr (one line naming
+the file and the reason); the other images are still read and the command exits 1 at the end.
+
+``eval`` measures accuracy and speed on freshly generated synthetic road scenes; ``train``
+regenerates the shipped classifier files (see :mod:`citystream.processors.plate_train`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from citystream.cli import config_option, settings_of
+from citystream.processors.plates import PlateResult, pseudonym, pseudonym_key, read_plates
+from citystream.processors.vision import FrameRejected, decode
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+class ImageError(Exception):
+    """An input file that cannot be read as an image; the message says why."""
+
+
+def load_image(path: str, max_pixels: int) -> NDArray[np.uint8]:
+    """Return the image at ``path`` as BGR uint8, or raise :class:`ImageError` with the reason."""
+    try:
+        file = Path(path)
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"file larger than {MAX_FILE_BYTES} bytes")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ImageError(exc.strerror or type(exc).__name__) from exc
+    if not data:
+        raise ImageError("empty file")
+    if data.startswith(b"\xff\xd8"):
+        try:
+            return decode(data, max_pixels)
+        except FrameRejected as exc:
+            raise ImageError(f"{exc.reason}: {exc.detail}") from exc
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageError(f"OpenCV could not decode it: {str(exc).strip()[:200]}") from exc
+    if image is None or image.size == 0:
+        raise ImageError("not a decodable image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError(f"{image.shape[1]}x{image.shape[0]} is more than {max_pixels} pixels")
+    bgr: NDArray[np.uint8] = image
+    return bgr
+
+
+def format_result(image: str, result: PlateResult, as_json: bool, key: bytes | None) -> str:
+    """Return the output line for one plate found in ``image``."""
+    alias = pseudonym(result.registration, result.province, key) if key is not None else None
+    if as_json:
+        record = {"image": image, "registration": result.registration, "province": result.province,
+                  "confidence": result.confidence, "bbox": list(result.bbox), "pseudonym": alias}
+        return json.dumps(record, ensure_ascii=False)
+    x, y, w, h = result.bbox
+    return f"{image}\t{result.registration}\t{result.province}\t{result.confidence:.2f}\t{x},{y},{w},{h}"
+
+
+def plates_read(images: tuple[str, ...], as_json: bool, key: bytes | None, max_pixels: int) -> int:
+    """Read plates in each image, print one line per plate; return the exit code (1 if any file failed)."""
+    failed = 0
+    for path in images:
+        try:
+            results = read_plates(load_image(path, max_pixels))
+        except ImageError as exc:
+            failed += 1
+            click.echo(f"citystream: {path}: cannot read image ({exc})", err=True)
+            continue
+        except Exception as exc:  # a reader bug on one image must not hide the others' results
+            failed += 1
+            click.echo(f"citystream: {path}: plate reader failed ({type(exc).__name__}: {exc})", err=True)
+            continue
+        for result in results:
+            click.echo(format_result(path, result, as_json, key))
+    return 1 if failed else 0
+
+
+@click.group()
+def plates() -> None:
+    """Thai licence plates: read image files, measure accuracy, retrain the classifiers."""
+
+
+@plates.command("read")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per plate per line.")
+@click.option("--tenant", default="*", show_default=True,
+              help="Tenant whose worker.pseudonym_keys entry keys the pseudonym ('*' entry as fallback).")
+@config_option
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.pass_context
+def read_command(ctx: click.Context, images: tuple[str, ...], as_json: bool, tenant: str,
+                 config: str | None) -> None:
+    """Read Thai licence plates (registration and province) in IMAGE files."""
+    settings = settings_of(ctx)
+    key = pseudonym_key(settings.worker.pseudonym_keys, tenant)
+    if key is None and as_json:
+        click.echo(f"citystream: no worker.pseudonym_keys entry for tenant {tenant!r}; pseudonym is null", err=True)
+    code = plates_read(images, as_json, key, settings.worker.max_frame_pixels)
+    sys.stdout.flush()
+    if code:
+        raise SystemExit(code)
+
+
+@plates.command("eval")
+@click.option("--scenes", "-n", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--seed", type=int, default=20261126, show_default=True, help="Scene seed (keep it unseen in training).")
+@click.option("--width", type=click.IntRange(64), default=1280, show_default=True)
+@click.option("--height", type=click.IntRange(64), default=720, show_default=True)
+def eval_command(scenes: int, seed: int, width: int, height: int) -> None:
+    """Accuracy (exact registration + province) and frames/s on fresh synthetic road scenes, as JSON."""
+    from citystream.processors.plate_eval import evaluate
+
+    click.echo(json.dumps(evaluate(scenes, seed, width, height)))
+
+
+@plates.command("train")
+@click.option("--scenes", type=click.IntRange(0), default=3000, show_default=True, help="Whole road scenes.")
+@click.option("--patches", type=click.IntRange(0), default=16000, show_default=True, help="Plate-on-car patches.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Images use seeds seed*1000+0..19.")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--hidden", type=click.IntRange(8), default=192, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the .npz files (default: the package's processors/models).")
+def train_command(scenes: int, patches: int, seed: int, epochs: int, hidden: int, workers: int,
+                  out_dir: Path | None) -> None:
+    """Regenerate the shipped classifiers (processors/models/*.npz) from synthetic plates."""
+    from citystream.processors.plate_classify import MODEL_PATH
+    from citystream.processors.plate_train import train
+
+    paths = train(scenes, patches, seed, epochs, hidden, workers, out_dir or MODEL_PATH.parent)
+    click.echo(f"wrote {paths[0]} and {paths[1]}")
