@@ -21,16 +21,19 @@ from citystream.settings import Settings, dump_settings
 from citystream.stack import kafka, mosquitto
 
 USERS = ("bridge", "gateway")
+SECRETS = (*USERS, "pseudonym")  # MQTT passwords, and the local HMAC key for plate pseudonyms
 
 
 def credentials(home: Path) -> dict[str, str]:
-    """The generated MQTT passwords of this stack home (created on first use, mode 0600)."""
+    """The generated secrets of this stack home: MQTT passwords and a pseudonym key (created once, mode 0600)."""
     path = home / "credentials.json"
     if path.exists():
         creds: dict[str, str] = orjson.loads(path.read_bytes())
-        if all(u in creds for u in USERS):
+        if all(u in creds for u in SECRETS):
             return creds
-    creds = {u: secrets.token_urlsafe(18) for u in USERS}
+    else:
+        creds = {}
+    creds = {u: creds.get(u) or secrets.token_urlsafe(18 if u in USERS else 32) for u in SECRETS}
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -50,6 +53,8 @@ def local_settings(settings: Settings) -> Settings:
     if not data["gateway"]["state_dir"].startswith("/"):
         data["gateway"]["state_dir"] = str(home / "gateway")
     data["kafka"]["bootstrap"] = f"127.0.0.1:{settings.stack.kafka_port}"
+    if not data["worker"]["pseudonym_keys"]:  # a local key for every tenant, unless keys were configured
+        data["worker"]["pseudonym_keys"] = {"*": creds["pseudonym"]}
     if settings.clickhouse.dsn.startswith("chdb://"):
         data["clickhouse"]["dsn"] = f"chdb://{home / 'clickhouse'}"
     return Settings(**data)
