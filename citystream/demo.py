@@ -108,15 +108,15 @@ def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, inter
     raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def _bridge_acked(url: str) -> float:
-    """``citystream_bridge_acked_total`` of a running bridge (PUBACKs sent after Kafka confirmed)."""
+def _metric(url: str, name: str) -> float:
+    """One sample of a stage's ``/metrics`` (0 when absent or unreachable)."""
     try:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     except OSError:
         return 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "citystream_bridge_acked_total":
+            if sample.name == name:
                 return float(sample.value)
     return 0.0
 
@@ -140,7 +140,7 @@ def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> No
             client.publish(topic, to_json(status), qos=1)
             seq += 1
             time.sleep(1.0)
-            if _bridge_acked(bridge.metrics_url) > 0:
+            if _metric(bridge.metrics_url, "citystream_bridge_acked_total") > 0:  # acked once Kafka has it
                 return
         raise RuntimeError(f"no message went MQTT -> bridge -> Kafka within {timeout_s:.0f}s")
     finally:
@@ -205,6 +205,9 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str],
     try:
         echo("waiting for the stages to be ready")
         _wait(lambda: _sink_ready(settings), 120, "the sink's query path", pipeline)
+        worker_url = next((st.metrics_url for st in pipeline.stages if st.name == "worker"), None)
+        if worker_url:  # partitions assigned, tables recovered: frames from now on are read
+            _wait(lambda: _metric(worker_url, "citystream_worker_ready") == 1, 180, "the worker", pipeline)
         probe_bridge(settings, pipeline, 120)
         echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
              f"for {plan.duration_s:.0f}s (run {run})")
