@@ -52,9 +52,12 @@ class FrameResult:
 
 
 def warm_up() -> None:
-    """Load the plate and face models once in a new vision process."""
+    """Load the plate and face models once in a new vision process (single-threaded OpenCV: one process per core)."""
+    import cv2
+
     from citystream.processors import faces, plates
 
+    cv2.setNumThreads(1)
     try:
         faces.models()
         plates.read_plates(np.zeros((64, 64, 3), np.uint8))
