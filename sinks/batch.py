@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -25,13 +26,18 @@ Source = tuple[str, bytes | None, bytes | None, Any]
 
 @dataclass
 class TableRows:
-    """Columns of one table's pending rows."""
+    """Columns of one table's pending rows.
+
+    Rows come as dicts (:meth:`append`) or as value tuples in column order (:meth:`append_values`, the
+    fast path); tuples wait in ``pending`` and are moved into ``columns`` column-wise before any read.
+    """
 
     table: str
     schema: pa.Schema
     columns: dict[str, list[Any]]
     sources: list[Source] = field(default_factory=list)
     rows: int = 0
+    pending: list[tuple[Any, ...]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, table: str) -> TableRows:
@@ -41,13 +47,32 @@ class TableRows:
 
     def append(self, row: Row, source: Source) -> None:
         """Add one row (all columns but ingested_at) and where it came from."""
+        self._settle()
         for name, values in self.columns.items():
             values.append(row[name])
         self.sources.append(source)
         self.rows += 1
 
+    def append_values(self, values: tuple[Any, ...], source: Source) -> None:
+        """Add one row as its values in column order (all columns but ingested_at) and where it came from."""
+        self.pending.append(values)
+        self.sources.append(source)
+        self.rows += 1
+
+    def _settle(self) -> None:
+        """Move pending value tuples into the columns."""
+        if not self.pending:
+            return
+        width = len(self.columns)
+        if any(len(values) != width for values in self.pending):
+            raise ValueError(f"{self.table}: a row does not have one value for each of the {width} columns")
+        for index, values in enumerate(self.columns.values()):
+            values.extend(map(itemgetter(index), self.pending))
+        self.pending = []
+
     def sort(self) -> None:
         """Order rows by (topic, partition, offset): a rebuilt window then splits into the same sub-blocks."""
+        self._settle()
         order = sorted(range(self.rows), key=lambda i: (self.sources[i][0], self.columns["kafka_partition"][i],
                                                         self.columns["kafka_offset"][i]))
         if order == list(range(self.rows)):
@@ -58,17 +83,21 @@ class TableRows:
 
     def to_arrow(self, ingested_at_ms: int, start: int = 0, stop: int | None = None) -> pa.Table:
         """Rows ``start:stop`` as an Arrow table, ``ingested_at`` stamped on every row."""
+        self._settle()
         stop = self.rows if stop is None else stop
+        whole = (start, stop) == (0, self.rows)
         arrays = []
         for fld in self.schema:
             if fld.name == "ingested_at":
                 arrays.append(pa.array([ingested_at_ms] * (stop - start), type=pa.int64()).cast(fld.type))
             else:
-                arrays.append(pa.array(self.columns[fld.name][start:stop], type=fld.type))
+                values = self.columns[fld.name]
+                arrays.append(pa.array(values if whole else values[start:stop], type=fld.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def row(self, index: int) -> Row:
         """One pending row as a dict."""
+        self._settle()
         return {name: values[index] for name, values in self.columns.items()}
 
 
@@ -101,6 +130,14 @@ class Window:
         if rows is None:
             rows = self.tables[table] = TableRows.empty(table)
         rows.append(row, source)
+        self.rows += 1
+
+    def add_values(self, table: str, values: tuple[Any, ...], source: Source) -> None:
+        """Add a row for ``table`` as its values in column order (Kafka partition and offset last)."""
+        rows = self.tables.get(table)
+        if rows is None:
+            rows = self.tables[table] = TableRows.empty(table)
+        rows.append_values(values, source)
         self.rows += 1
 
     def add_dead(self, topic: str, key: bytes | None, value: bytes) -> None:

@@ -5,7 +5,10 @@ Delivery guarantee (effectively exactly once in the analyst views):
 1. Records of ``raw.readings``, ``device.status``, ``plate.reads``, ``face.matches``, ``alerts`` and
    ``dlq`` (with ``kafka.topic_prefix``) collect in a window, per target table, until
    ``sink.batch_rows`` / ``batch_bytes`` / ``batch_age_s``. Frames with detections go to the
-   claim-check store by their own rules (:mod:`citystream.sinks.frames`).
+   claim-check store by their own rules (:mod:`citystream.sinks.frames`). Each record is checked
+   against its contract: sensor readings first by a fast path (:mod:`citystream.sinks.fast`) that
+   accepts only what the pydantic contract accepts and builds the same row; anything it cannot prove
+   valid takes the full contract path, which alone decides poison records and their DLQ reasons.
 2. Flush: the window's offset ranges go to ``_sink_windows`` (write-ahead), each table block goes in
    with ``insert_arrow`` and an ``insert_deduplication_token`` derived from table + ranges, refused
    rows and records failing their contract are produced to the DLQ (stage ``sink``) and delivery is
@@ -59,6 +62,10 @@ SOURCE_TOPICS = (topics.RAW_READINGS, topics.DEVICE_STATUS, topics.PLATE_READS, 
 REPLAY_TIMEOUT_S = 30.0
 COMMIT_ATTEMPTS = 3
 PRUNE_EVERY_S = 3600.0
+# Larger fetches per partition: librdkafka's 1 MiB default halves consume throughput on a 6-partition topic
+# (measured 102 k vs 217 k records/s on 250 B readings). The local queue bound (queued.max.messages.kbytes)
+# keeps its default, so memory stays bounded.
+FETCH_TUNING = {"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 64 << 20}
 
 
 def _headers(raw: Any) -> dict[str, str]:
@@ -99,7 +106,8 @@ class Sink:
             server = QueryServer(ch, self.settings.sink.query_host, self.settings.sink.query_port).start()
         kafka = self.settings.kafka.client_config()
         self.producer = Producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
-        self.consumer = Consumer({**kafka, "group.id": self.settings.sink.group_id, "enable.auto.commit": False,
+        self.consumer = Consumer({**kafka, **FETCH_TUNING, "group.id": self.settings.sink.group_id,
+                                  "enable.auto.commit": False,
                                   "auto.offset.reset": "earliest", "enable.partition.eof": False,
                                   "session.timeout.ms": self.settings.sink.session_timeout_ms})
         self.consumer.subscribe(list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -123,8 +131,7 @@ class Sink:
         limits = self.settings.sink
         try:
             while not self.stop.is_set():
-                for msg in self._next_messages(limits.batch_rows):
-                    self._handle(msg)
+                self._handle_all(self._next_messages(limits.batch_rows))
                 self.metrics.pending.set(self.window.rows)
                 if self.replay is not None:
                     if self.replay.complete():
@@ -152,6 +159,29 @@ class Sink:
         return messages
 
     # ---- records ---------------------------------------------------------------------------
+    def _handle_all(self, messages: list[Any]) -> None:
+        """Handle a consumed batch; records a route's fast path proves valid skip the contract model."""
+        if self.replay is not None:  # set only by the assign callback, i.e. inside consume(), never mid-batch
+            for msg in messages:
+                self._handle(msg)
+            return
+        window, routes = self.window, self.routes
+        track = window.track
+        for msg in messages:
+            if msg.error() is not None:
+                self._handle(msg)
+                continue
+            topic, value = msg.topic(), msg.value()
+            route = routes[topic]
+            fast = route.fast
+            values = fast(value) if fast is not None and value is not None else None
+            if values is None:
+                self._handle(msg)
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            track(topic, partition, offset, len(value))
+            window.add_values(route.table, (*values, partition, offset), (topic, msg.key(), value, msg.headers()))
+
     def _handle(self, msg: Any) -> None:
         if msg.error():
             log.warning("consumer error", extra={"error": str(msg.error())})
