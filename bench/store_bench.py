@@ -23,6 +23,7 @@ from citystream.schemas.migrate import migrate
 from citystream.schemas.topics import RAW_READINGS
 from citystream.settings import Settings
 from citystream.sinks.batch import TableRows
+from citystream.sinks.clickhouse import FETCH_TUNING
 from citystream.sinks.rows import ROUTES, to_row
 from citystream.stack.kafka import ensure_topics
 
@@ -64,8 +65,8 @@ def produce(s: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> floa
 
 def consume(s: Settings, topic: str, count: int) -> float:
     """Read ``count`` records from the beginning with a plain consumer; returns records/s."""
-    consumer = Consumer({**s.kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
+    consumer = Consumer({**s.kafka.client_config(), **FETCH_TUNING, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})  # the sink's fetch sizes: a like-for-like ceiling
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions(s, topic)])
     got = 0
     started = time.perf_counter()

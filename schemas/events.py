@@ -27,7 +27,10 @@ TENANT = r"^[a-z0-9-]{1,64}$"
 def _utc_ms(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware (UTC)")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:30:00+01:00
+        raise ValueError("timestamp out of range") from exc
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
