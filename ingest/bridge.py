@@ -69,7 +69,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from citystream.ingest.bridge_kafka import KafkaOut, is_permanent
-from citystream.ingest.bridge_metrics import STREAMS, BridgeMetrics
+from citystream.ingest.bridge_metrics import BridgeMetrics
+from citystream.ingest.bridge_mqtt import BridgeClient, FastMessage
 from citystream.ingest.inflight import InflightWindow, Slot
 from citystream.ingest.seqtrack import Gap, SeqTracker
 from citystream.ingest.validate import RECEIVED_HEADER, Accepted, Rejected, Validator, received_at
@@ -132,10 +133,10 @@ class Bridge:
         self.mqtt = self._make_client()
 
     # --- MQTT side -----------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> BridgeClient:
         m = self.settings.mqtt
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = BridgeClient(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                              manual_ack=True)
         client.username_pw_set(m.username, m.password.get_secret_value())
         if m.tls is not None:
             client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
@@ -193,9 +194,11 @@ class Bridge:
         payload = bytes(msg.payload)
         slot = self.window.open(msg.mid, msg.qos, len(payload))
         topic = msg.topic
-        props: list[tuple[str, str]] = getattr(msg.properties, "UserProperty", None) or []
+        props: list[tuple[str, str]] = (msg.user_properties if isinstance(msg, FastMessage)
+                                        else getattr(msg.properties, "UserProperty", None) or [])
         tail = topic.rpartition("/")[2]
-        self.metrics.received.labels(tail if tail in STREAMS else "unknown").inc()
+        received = self.metrics.received_due
+        received[tail if tail in received else "unknown"] += 1
         try:
             result = self.validator.check(topic, payload, props)
         except Exception as exc:  # never crash on input: an unforeseen case is a dead letter too
@@ -212,7 +215,8 @@ class Bridge:
     # --- Kafka side ----------------------------------------------------------------------------
     def _delivered(self, slot: Slot, stream: str, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.metrics.produced.labels(stream).inc()
+            produced = self.metrics.produced_due
+            produced[stream] = produced.get(stream, 0) + 1
             self.window.close(slot)
             return
         if is_permanent(err) and stream != "dlq":
@@ -321,9 +325,12 @@ class Bridge:
             self.metrics.blocked.inc(time.monotonic() - started)
             self._update_gauges()
             return
-        busy = self.window.count > 0 or self.out.pending() > 0
-        timeout = 0.0 if full else (BUSY_WAIT_S if busy else IDLE_WAIT_S)
-        readable, _, _ = select.select(() if full else (sock,), (), (), timeout)
+        if not full and self.mqtt.buffered():
+            readable = True  # paho's next packets already wait in our read buffer
+        else:
+            busy = self.window.count > 0 or self.out.pending() > 0
+            timeout = 0.0 if full else (BUSY_WAIT_S if busy else IDLE_WAIT_S)
+            readable = bool(select.select(() if full else (sock,), (), (), timeout)[0])
         if readable and not self._read_burst():
             return
         self.out.poll(FULL_WAIT_S if full else 0.0)
@@ -335,6 +342,7 @@ class Bridge:
         self._update_gauges()
 
     def _update_gauges(self) -> None:
+        self.metrics.flush()
         self.metrics.inflight.set(self.window.count)
         self.metrics.inflight_bytes.set(self.window.bytes)
 
@@ -350,9 +358,8 @@ class Bridge:
 
     def _flush_acks(self) -> None:
         acks = self.window.take_acks()
-        for mid, qos in acks:
-            self.mqtt.ack(mid, qos)
         if acks:
+            self.mqtt.ack_many(acks)
             self.metrics.acked.inc(len(acks))
         if self.mqtt.want_write():
             self.mqtt.loop_write()
@@ -372,6 +379,7 @@ class Bridge:
                 if not self.mqtt.want_write() or self.mqtt.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
         left = self.out.json.flush(1.0) + self.out.frames.flush(1.0)
+        self.metrics.flush()
         log.info("bridge stopped", extra={"unconfirmed": self.window.count, "unflushed": left})
 
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the bridge; labels are bounded (stream, reason, outcome), never per device."""
+"""Prometheus metrics of the bridge; labels are bounded (stream, reason, outcome), never per device.
+
+The per-message counters (received, produced) are tallied in plain dicts on the hot path and added
+to Prometheus by ``flush()``, which the bridge loop calls on every turn (and at shutdown).
+"""
 
 from __future__ import annotations
 
@@ -43,3 +47,13 @@ class BridgeMetrics:
                 counter.labels(stream)
         for reason in DLQ_REASONS:
             self.dlq.labels(reason)
+        self.received_due: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.produced_due: dict[str, int] = {}
+
+    def flush(self) -> None:
+        """Add the tallied received/produced counts to their counters."""
+        for due, counter in ((self.received_due, self.received), (self.produced_due, self.produced)):
+            for label, n in due.items():
+                if n:
+                    counter.labels(label).inc(n)
+                    due[label] = 0

@@ -1,6 +1,9 @@
 """Input validation for the bridge: one MQTT message -> an accepted Kafka record or a DLQ reason.
 
 Pure functions of (topic, payload, user properties, clock): no I/O, so every reason is unit-tested.
+Readings first take a fast path (orjson plus explicit checks of the ``SensorReading`` contract); it
+only ever accepts what the contract accepts, and anything it does not accept goes through the full
+pydantic validation, which decides the DLQ reason — so reasons and details do not depend on the path.
 Accepted readings and statuses keep their original bytes (no re-serialisation); frames keep the
 JPEG bytes and their FrameMeta user properties become Kafka headers. Every accepted record also
 gets a ``bridge_received_at`` header (UTC ISO 8601, ms) with the time the bridge took it.
@@ -23,14 +26,25 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 from pydantic import ValidationError
 
-from citystream.schemas.events import ID_NAMESPACE, DeviceStatus, Event, SensorReading, error_summary
+from citystream.schemas.events import (
+    ID_NAMESPACE,
+    NAME,
+    TENANT,
+    DeviceStatus,
+    Event,
+    Metric,
+    SensorReading,
+    error_summary,
+)
 from citystream.schemas.topics import KAFKA_TOPIC_OF_STREAM, MqttAddress, parse_mqtt_topic
 from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings.bridge import BridgeSettings
@@ -44,6 +58,20 @@ _NS = ID_NAMESPACE.bytes
 _JSON_MODELS: dict[str, type[SensorReading] | type[DeviceStatus]] = {"reading": SensorReading, "status": DeviceStatus}
 
 Headers = list[tuple[str, str]]
+
+# The SensorReading contract spelled out for the fast path (regex anchors dropped: used with fullmatch).
+# The fast path knows exactly these fields; if the contract gains or loses one it switches itself off.
+_FAST_FIELDS = frozenset({"event_id", "schema_version", "tenant", "gateway_id", "device_id", "seq", "captured_at",
+                          "district", "kind", "metric", "value"})
+_READING_REQUIRED = frozenset(name for name, f in SensorReading.model_fields.items() if f.is_required())
+FAST_READINGS = frozenset(SensorReading.model_fields) == _FAST_FIELDS
+_METRICS = frozenset(m.value for m in Metric)
+_TENANT_RE = re.compile(TENANT.removeprefix("^").removesuffix("$"))
+_NAME_RE = re.compile(NAME.removeprefix("^").removesuffix("$"))
+_DISTRICT_MAX = min(getattr(m, "max_length", 1 << 30) for m in SensorReading.model_fields["district"].metadata)
+# A strict subset of what pydantic parses as a tz-aware datetime; fromisoformat gives the same value for it.
+_ISO_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+                     r"(?:Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 @dataclass(slots=True)
@@ -99,6 +127,45 @@ def classify(exc: ValidationError, default: str) -> str:
     return default
 
 
+def fast_reading_fields(payload: bytes, addr: MqttAddress) -> tuple[int, float] | None:
+    """``(seq, captured_at epoch)`` when the body surely is a valid ``SensorReading`` for ``addr``, else None.
+
+    None means "not decided here" (validate with pydantic), never "invalid": every check below is one
+    the contract (or ``Validator._common``) makes, and anything unusual is left to pydantic.
+    """
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or not FAST_READINGS:
+        return None
+    keys = doc.keys()
+    if not (_READING_REQUIRED <= keys <= _FAST_FIELDS):
+        return None
+    seq, value, stamp, district = doc["seq"], doc["value"], doc["captured_at"], doc.get("district", "")
+    version = doc.get("schema_version", 1)
+    if (type(seq) is not int or seq < 0 or type(version) is not int or version < 1
+            or doc.get("kind", "sensor_reading") != "sensor_reading" or type(district) is not str
+            or len(district) > _DISTRICT_MAX or type(stamp) is not str or not _ISO_RE.fullmatch(stamp)):
+        return None
+    if type(value) is float:
+        if not math.isfinite(value):
+            return None
+    elif type(value) is not int:
+        return None
+    metric, tenant, gateway, device = doc["metric"], doc["tenant"], doc["gateway_id"], doc["device_id"]
+    if (type(metric) is not str or metric not in _METRICS or tenant != addr.tenant or gateway != addr.gateway
+            or device != addr.device or type(tenant) is not str or type(gateway) is not str
+            or type(device) is not str or not _TENANT_RE.fullmatch(tenant) or not _NAME_RE.fullmatch(gateway)
+            or not _NAME_RE.fullmatch(device) or doc["event_id"] != fast_event_id(gateway, "reading", seq)):
+        return None
+    try:
+        at = datetime.fromisoformat(stamp).astimezone(UTC)  # the contract's UtcMs: UTC, cut to milliseconds
+        return seq, at.replace(microsecond=at.microsecond // 1000 * 1000).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
 def received_at(now: float) -> str:
     """The ``bridge_received_at`` header value for an epoch time."""
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -112,6 +179,7 @@ class Validator:
         self.settings = settings
         self.root = topic_root
         self.clock = clock
+        self._stamp: tuple[int, str] = (-1, "")
 
     def check(self, topic: str, payload: bytes, props: Sequence[tuple[str, str]] = ()) -> Accepted | Rejected:
         """Validate one MQTT message."""
@@ -123,7 +191,22 @@ class Validator:
             return Rejected("oversized", f"{len(payload)} bytes > limit {limit}", addr.tenant, addr.device)
         if addr.stream == "frame":
             return self._frame(addr, payload, props)
+        if addr.stream == "reading":
+            fast = fast_reading_fields(payload, addr)
+            if fast is not None:
+                now = self.clock()
+                if abs(fast[1] - now) <= self.settings.max_clock_skew_s:
+                    return Accepted("reading", KAFKA_TOPIC_OF_STREAM["reading"], addr.device,
+                                    [*props, (RECEIVED_HEADER, self._received_at(now))], addr.tenant, addr.gateway,
+                                    fast[0])
         return self._json(addr, payload, props)
+
+    def _received_at(self, now: float) -> str:
+        """``received_at(now)``, formatted once per millisecond."""
+        ms = int(now * 1000)
+        if ms != self._stamp[0]:
+            self._stamp = (ms, received_at(now))
+        return self._stamp[1]
 
     def _json(self, addr: MqttAddress, payload: bytes, props: Sequence[tuple[str, str]]) -> Accepted | Rejected:
         model = _JSON_MODELS[addr.stream]
@@ -162,6 +245,6 @@ class Validator:
         if abs(skew) > self.settings.max_clock_skew_s:
             return Rejected("clock_skew", f"captured_at {event.captured_at.isoformat()} is {skew:+.0f}s from bridge "
                             "clock", addr.tenant, addr.device)
-        headers = [*props, (RECEIVED_HEADER, received_at(now))]
+        headers = [*props, (RECEIVED_HEADER, self._received_at(now))]
         return Accepted(addr.stream, KAFKA_TOPIC_OF_STREAM[addr.stream], event.device_id, headers,
                         addr.tenant, addr.gateway, event.seq)

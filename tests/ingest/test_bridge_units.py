@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +12,15 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import KafkaError, Message
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
 from citystream.ingest import bridge as bridge_mod
 from citystream.ingest.bridge import Bridge
 from citystream.ingest.bridge_kafka import DeliveryCallback
+from citystream.ingest.bridge_mqtt import BridgeClient, FastMessage
 from citystream.ingest.inflight import InflightWindow
 from citystream.schemas.events import DeadLetter
 from citystream.settings import Settings
@@ -64,6 +71,9 @@ class FakeMqtt:
 
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append((mid, qos))
+
+    def ack_many(self, acks: list[tuple[int, int]]) -> None:
+        self.acks.extend(acks)
 
     def want_write(self) -> bool:
         return False
@@ -147,3 +157,76 @@ def test_window_bounds_count_and_bytes() -> None:
     assert not w.full() and w.take_acks() == [(1, 1), (3, 1), (2, 1)]
     w.new_generation()
     assert w.close(slots[2]) is False and w.take_acks() == [] and w.count == 0
+
+
+def _publish(topic: str, mid: int, payload: bytes, props: Properties | None = None, qos: int = 1) -> bytes:
+    """The wire bytes of an MQTT v5 PUBLISH, packed by paho's own encoder."""
+    raw = (props or Properties(PacketTypes.PUBLISH)).pack()  # type: ignore[no-untyped-call]
+    body = struct.pack("!H", len(topic.encode())) + topic.encode() + (struct.pack("!H", mid) if qos else b"") + raw
+    body += payload
+    length = bytearray()
+    n = len(body)
+    while True:
+        length.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    return bytes([0x30 | qos << 1]) + bytes(length) + body
+
+
+def _props(**values: Any) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+def test_bridge_client_reads_publishes_as_paho_does() -> None:
+    """Buffered reads and the fast PUBLISH decoding hand on_message what paho's own decoding would."""
+    pairs = [("event_id", "e-1"), ("district", "บางเขน"), ("empty", "")]
+    jpeg = b"\xff\xd8" + bytes(200_000) + b"\xff\xd9"
+    packets = [("city/t/g/sensor/d/reading", 1, b'{"a": 1}', None, 1),
+               ("city/t/g/camera/d/frame", 2, jpeg, _props(UserProperty=pairs), 1),
+               ("city/t/g/sensor/d/reading", 3, b"x", _props(MessageExpiryInterval=60, UserProperty=pairs), 1),
+               ("city/t/g/sensor/d/reading", 0, b"qos0", None, 0),
+               ("city/t/g/sensor/d/reading", 5, b"nul", _props(UserProperty=[("k", "a\x00b")]), 1)]
+    wire = b"".join(_publish(*p) for p in packets)
+    client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5, manual_ack=True)
+    got: list[tuple[str, int, bytes, list[tuple[str, str]], bool]] = []
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = msg.user_properties if isinstance(msg, FastMessage) else msg.properties.UserProperty \
+            if msg.properties is not None and hasattr(msg.properties, "UserProperty") else []
+        got.append((msg.topic, msg.mid, msg.payload, props, isinstance(msg, FastMessage)))
+
+    client.on_message = on_message
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    try:
+        for i in range(0, len(wire), 7_000):  # arrives in pieces that split packets anywhere
+            peer.sendall(wire[i:i + 7_000])
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (client.buffered() or select.select([ours], [], [], 0)[0]):
+                rc = client.loop_read()
+        assert [g[:4] for g in got] == [(t, m, p, (pr.UserProperty if pr is not None else []))
+                                        for t, m, p, pr, _ in packets[:3]] + [(packets[3][0], 0, b"qos0", [])]
+        assert [g[4] for g in got] == [True, True, False, False], "only user properties take the fast path"
+        assert rc == MQTTErrorCode.MQTT_ERR_PROTOCOL, "a NUL in a user property is still paho's protocol error"
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_bridge_client_sends_due_pubacks_in_one_write() -> None:
+    client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5, manual_ack=True)
+    ours, peer = socket.socketpair()
+    client._sock = ours
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    try:
+        client.ack_many([(1, 1), (300, 1), (65535, 1)])
+        assert peer.recv(100) == b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in (1, 300, 65535))
+    finally:
+        ours.close()
+        peer.close()

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
 
-from citystream.ingest.validate import REASONS, RECEIVED_HEADER, Accepted, Rejected, Validator, fast_event_id, is_jpeg
-from citystream.schemas.events import make_event_id
+from citystream.ingest.validate import (
+    REASONS,
+    RECEIVED_HEADER,
+    Accepted,
+    Rejected,
+    Validator,
+    fast_event_id,
+    fast_reading_fields,
+    is_jpeg,
+)
+from citystream.schemas.events import SensorReading, make_event_id
+from citystream.schemas.topics import parse_mqtt_topic
 from citystream.settings.bridge import BridgeSettings
 from tests.ingest import malformed as mf
 
@@ -90,3 +101,70 @@ def test_jpeg_markers() -> None:
     assert is_jpeg(mf.jpeg())
     assert not is_jpeg(b"\xff\xd8\xff\xd9"[:3])
     assert not is_jpeg(mf.jpeg()[:-1])
+
+
+def _variants() -> list[tuple[str, bytes, bool]]:
+    """(name, body, fast path expected to decide) for readings at the edges of the contract."""
+    def doc(**changes: object) -> bytes:
+        d = {**mf.reading_doc(7), **changes}
+        return orjson.dumps({k: v for k, v in d.items() if v is not _DROP})
+
+    now = datetime.now(UTC)
+    iso = now.isoformat(timespec="microseconds")[:-6]
+    valid = [("as sent", doc(), True), ("Z", doc(captured_at=iso[:-3] + "Z"), True),
+             ("no fraction", doc(captured_at=iso[:19] + "+00:00"), True),
+             ("1 digit", doc(captured_at=iso[:21] + "Z"), True), ("6 digits", doc(captured_at=iso + "Z"), True),
+             ("offset", doc(captured_at=now.astimezone(timezone(timedelta(hours=7))).isoformat()), True),
+             ("-00:00", doc(captured_at=iso + "-00:00"), True), ("int value", doc(value=3), True),
+             ("big int value", doc(value=10**19), True), ("huge float", doc(value=1e308), True),
+             ("defaults", doc(district=_DROP, kind=_DROP, schema_version=_DROP), True),
+             ("version 2", doc(schema_version=2), True), ("district 128", doc(district="ก" * 128), True),
+             ("duplicate key", doc()[:-1] + b',"seq":7}', True),
+             ("skewed", doc(captured_at="2020-01-01T00:00:00Z"), True)]
+    odd = {"district 129": {"district": "ก" * 129}, "seq -1": {"seq": -1}, "seq bool": {"seq": True},
+           "seq float": {"seq": 7.0}, "seq str": {"seq": "7"}, "value bool": {"value": True},
+           "value str": {"value": "1.5"}, "value null": {"value": None}, "version 0": {"schema_version": 0},
+           "version bool": {"schema_version": True}, "version float": {"schema_version": 1.0},
+           "kind": {"kind": "alert"}, "extra": {"unit": "x"}, "no metric": {"metric": _DROP},
+           "no seq": {"seq": _DROP}, "metric": {"metric": "pm1"}, "tenant": {"tenant": "other"},
+           "device": {"device_id": "pm-2"}, "gateway": {"gateway_id": "gw-x"}, "event id": {"event_id": "x" * 36},
+           "upper event id": {"event_id": mf.reading_doc(7)["event_id"].upper()}, "naive": {"captured_at": iso},
+           "month 13": {"captured_at": "2026-13-01T00:00:00Z"}, "feb 30": {"captured_at": "2026-02-30T00:00:00Z"},
+           "leap second": {"captured_at": "2026-06-30T23:59:60Z"}, "hour 24": {"captured_at": "2026-06-30T24:00:00Z"},
+           "offset 24h": {"captured_at": iso + "+24:00"}, "epoch number": {"captured_at": int(now.timestamp())},
+           "year 1": {"captured_at": "0001-01-01T00:00:00+01:00"},
+           "space": {"captured_at": iso.replace("T", " ") + "Z"}, "7 digits": {"captured_at": iso + "1Z"}}
+    return valid + [(name, doc(**changes), False) for name, changes in odd.items()] + [
+        ("NaN", doc()[:-1].rsplit(b":", 1)[0] + b":NaN}", False), ("list", b"[1]", False), ("not utf8", b"\xff", False)]
+
+
+_DROP = object()
+
+
+def _outcome(fn: Callable[[], Accepted | Rejected]) -> Accepted | Rejected | type[Exception]:
+    try:
+        return fn()
+    except Exception as exc:  # the contract's own validator can raise (year 1 with an offset overflows)
+        return type(exc)
+
+
+@pytest.mark.parametrize(("name", "body", "decides"), _variants(), ids=lambda v: v if isinstance(v, str) else "")
+def test_fast_reading_path_accepts_only_what_the_contract_accepts(name: str, body: bytes, decides: bool) -> None:
+    msg = mf.reading(ROOT, 7)
+    addr = parse_mqtt_topic(msg.topic, ROOT)
+    assert addr is not None
+    fast = fast_reading_fields(body, addr)
+    full = _outcome(lambda: validator()._json(addr, body, []))  # the pydantic path alone
+    assert (fast is not None) == decides, (name, full)
+    if fast is not None:
+        assert isinstance(full, Accepted) or (isinstance(full, Rejected) and full.reason == "clock_skew"), (name, full)
+        assert full.seq == fast[0] if isinstance(full, Accepted) else True
+        assert SensorReading.model_validate_json(body).captured_at.timestamp() == fast[1]
+    both = _outcome(lambda: validator().check(msg.topic, body, []))  # the validator as the bridge calls it
+    if isinstance(full, Rejected):
+        assert isinstance(both, Rejected) and (both.reason, both.detail) == (full.reason, full.detail), name
+    elif isinstance(full, Accepted):
+        assert isinstance(both, Accepted) and (both.key, both.seq, both.tenant) == (full.key, full.seq, full.tenant)
+        assert both.headers[:-1] == full.headers[:-1] and both.headers[-1][0] == RECEIVED_HEADER
+    else:
+        assert both is full, name
