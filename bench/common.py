@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from citystream.settings import Settings, dump_settings, load_settings
+from citystream.stack.procs import free_port
 
 Entry = dict[str, Any]
 
@@ -111,14 +112,6 @@ class Report:
         self.doc["finished_at"] = datetime.now(UTC).isoformat()
         self.doc["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         return self.doc
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tag() -> str:

@@ -25,10 +25,11 @@ import numpy as np
 from confluent_kafka import Producer
 
 from citystream.bench import messages
-from citystream.bench.common import Entry, Procs, entry, free_port, isolated, tag, wait_until
+from citystream.bench.common import Entry, Procs, entry, isolated, tag, wait_until
 from citystream.schemas.topics import RAW_FRAMES
 from citystream.settings import Settings
 from citystream.stack.kafka import ensure_topics
+from citystream.stack.procs import free_port
 
 WIDTH, HEIGHT, QUALITY = 1280, 720, 80
 

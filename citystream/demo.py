@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings, config_path
 from citystream.stack import local
+from citystream.stack.procs import free_port
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Pipeline:
         """Start ``citystream <name>`` with the given settings file, output to a log file, /metrics on a free port."""
         log = home / "logs" / f"demo-{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "CITYSTREAM_METRICS__HOST": "127.0.0.1", "CITYSTREAM_METRICS__PORT": str(port)}
         with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "citystream", "--config", str(config), name],
@@ -88,13 +88,6 @@ class Pipeline:
                     st.proc.wait()
             st.exit_code = st.proc.returncode
         return {st.name: st.exit_code for st in self.stages}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, interval_s: float = 0.5) -> Any:

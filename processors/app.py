@@ -138,9 +138,7 @@ class WorkerContext:
 
     def pseudonym_key(self, tenant: str) -> bytes | None:
         """The tenant's HMAC key (or the ``*`` key), None when neither is configured."""
-        keys = self.settings.worker.pseudonym_keys
-        secret = keys.get(tenant) or keys.get("*")
-        return secret.get_secret_value().encode() if secret is not None else None
+        return self.settings.worker.pseudonym_key(tenant)
 
 
 def broker_url(settings: Settings) -> str:

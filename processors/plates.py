@@ -17,7 +17,7 @@ Pipeline per frame (all CPU, nothing downloaded; models are the ``.npz`` files s
 
 Use :class:`PlateReader` (one per thread) or :func:`read_plates` (a per-thread default reader).
 Plates are personal data (PDPA): store :func:`pseudonym` values where the raw text is not needed;
-:func:`pseudonym_key` picks the tenant's key from ``worker.pseudonym_keys``.
+``WorkerSettings.pseudonym_key`` picks the tenant's key from ``worker.pseudonym_keys``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ import hashlib
 import hmac
 import threading
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import SecretStr
 
 from citystream.processors import plate_detect
 from citystream.processors.plate_classify import CLASSES, Mlp, class_mask, default_model, glyph_features
@@ -80,12 +78,6 @@ def pseudonym(registration: str, province: str, key: bytes) -> str:
     reg = normalise_registration(registration)
     prov = "".join(unicodedata.normalize("NFC", province).split())
     return hmac.new(key, f"{reg}|{prov}".encode(), hashlib.sha256).hexdigest()
-
-
-def pseudonym_key(keys: Mapping[str, SecretStr], tenant: str) -> bytes | None:
-    """Return the tenant's HMAC key from ``worker.pseudonym_keys`` (or its ``*`` entry), None if neither."""
-    secret = keys.get(tenant) or keys.get("*")
-    return secret.get_secret_value().encode() if secret is not None else None
 
 
 def _positions(n: int, split: int) -> list[str]:

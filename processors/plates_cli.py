@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from citystream.cli import config_option, settings_of
-from citystream.processors.plates import PlateResult, pseudonym, pseudonym_key, read_plates
+from citystream.processors.plates import PlateResult, pseudonym, read_plates
 from citystream.processors.vision import FrameRejected, decode
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -107,7 +107,7 @@ def read_command(ctx: click.Context, images: tuple[str, ...], as_json: bool, ten
                  config: str | None) -> None:
     """Read Thai licence plates (registration and province) in IMAGE files."""
     settings = settings_of(ctx)
-    key = pseudonym_key(settings.worker.pseudonym_keys, tenant)
+    key = settings.worker.pseudonym_key(tenant)
     if key is None and as_json:
         click.echo(f"citystream: no worker.pseudonym_keys entry for tenant {tenant!r}; pseudonym is null", err=True)
     code = plates_read(images, as_json, key, settings.worker.max_frame_pixels)

@@ -9,7 +9,6 @@ started as a subprocess gets a chDB path of its own.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,16 +20,9 @@ import yaml
 
 from citystream.settings import Settings, load_settings
 from citystream.stack.kafka import ensure_topics
+from citystream.stack.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def citystream(*args: str, config: Path | None = None, timeout: float = 120, check: bool = True,

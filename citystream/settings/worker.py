@@ -96,3 +96,8 @@ class WorkerSettings(Section):
     ranges: dict[str, MetricRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     alert_rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
     notifiers: list[NotifierSettings] = Field(default_factory=list)
+
+    def pseudonym_key(self, tenant: str) -> bytes | None:
+        """The tenant's HMAC key for plate pseudonyms (or the ``*`` entry), None when neither is configured."""
+        secret = self.pseudonym_keys.get(tenant) or self.pseudonym_keys.get("*")
+        return secret.get_secret_value().encode() if secret is not None else None

@@ -18,9 +18,10 @@ from pydantic import SecretStr
 from citystream.processors.plate_eval import evaluate
 from citystream.processors.plate_format import is_registration, normalise_registration
 from citystream.processors.plate_synth import render_plate, road_scene_with_plate
-from citystream.processors.plates import PlateReader, PlateResult, pseudonym, pseudonym_key, read_plates
+from citystream.processors.plates import PlateReader, PlateResult, pseudonym, read_plates
 from citystream.processors.plates_cli import plates
 from citystream.processors.provinces import PROVINCES
+from citystream.settings import WorkerSettings
 from tests.conftest import citystream
 
 # Seeds used while developing the reader were 1-7, 100, 200, 300 and 7000-7019 (training chunks).
@@ -116,10 +117,10 @@ def test_pseudonym_is_keyed_stable_and_ignores_spelling_noise() -> None:
 
 @pytest.mark.unit
 def test_pseudonym_key_is_the_tenants_or_the_wildcard_entry() -> None:
-    keys = {"bkk": SecretStr("k1"), "*": SecretStr("k2")}
-    assert pseudonym_key(keys, "bkk") == b"k1"
-    assert pseudonym_key(keys, "cnx") == b"k2"
-    assert pseudonym_key({"bkk": SecretStr("k1")}, "cnx") is None
+    keys = WorkerSettings(pseudonym_keys={"bkk": SecretStr("k1"), "*": SecretStr("k2")})
+    assert keys.pseudonym_key("bkk") == b"k1"
+    assert keys.pseudonym_key("cnx") == b"k2"
+    assert WorkerSettings(pseudonym_keys={"bkk": SecretStr("k1")}).pseudonym_key("cnx") is None
     expected = hmac.new(b"k1", "1กข 1234|ปทุมธานี".encode(), hashlib.sha256).hexdigest()
     assert pseudonym("1กข 1234", "ปทุมธานี", b"k1") == expected
 
