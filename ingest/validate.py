@@ -1,9 +1,10 @@
 """Input validation for the bridge: one MQTT message -> an accepted Kafka record or a DLQ reason.
 
 Pure functions of (topic, payload, user properties, clock): no I/O, so every reason is unit-tested.
-Readings first take a fast path (orjson plus explicit checks of the ``SensorReading`` contract); it
-only ever accepts what the contract accepts, and anything it does not accept goes through the full
-pydantic validation, which decides the DLQ reason — so reasons and details do not depend on the path.
+Readings first take a fast path (``schemas.fast.fast_reading``, the contract check the sink shares,
+plus the topic and event id checks below); it only ever accepts what the contract accepts, and anything
+it does not accept goes through the full pydantic validation, which decides the DLQ reason — so
+reasons and details do not depend on the path.
 Accepted readings and statuses keep their original bytes (no re-serialisation); frames keep the
 JPEG bytes and their FrameMeta user properties become Kafka headers. Every accepted record also
 gets a ``bridge_received_at`` header (UTC ISO 8601, ms) with the time the bridge took it.
@@ -26,25 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
 from pydantic import ValidationError
 
-from citystream.schemas.events import (
-    ID_NAMESPACE,
-    NAME,
-    TENANT,
-    DeviceStatus,
-    Event,
-    Metric,
-    SensorReading,
-    error_summary,
-)
+from citystream.schemas.events import ID_NAMESPACE, DeviceStatus, Event, SensorReading, error_summary
+from citystream.schemas.fast import fast_reading
 from citystream.schemas.topics import KAFKA_TOPIC_OF_STREAM, MqttAddress, parse_mqtt_topic
 from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings.bridge import BridgeSettings
@@ -58,20 +49,6 @@ _NS = ID_NAMESPACE.bytes
 _JSON_MODELS: dict[str, type[SensorReading] | type[DeviceStatus]] = {"reading": SensorReading, "status": DeviceStatus}
 
 Headers = list[tuple[str, str]]
-
-# The SensorReading contract spelled out for the fast path (regex anchors dropped: used with fullmatch).
-# The fast path knows exactly these fields; if the contract gains or loses one it switches itself off.
-_FAST_FIELDS = frozenset({"event_id", "schema_version", "tenant", "gateway_id", "device_id", "seq", "captured_at",
-                          "district", "kind", "metric", "value"})
-_READING_REQUIRED = frozenset(name for name, f in SensorReading.model_fields.items() if f.is_required())
-FAST_READINGS = frozenset(SensorReading.model_fields) == _FAST_FIELDS
-_METRICS = frozenset(m.value for m in Metric)
-_TENANT_RE = re.compile(TENANT.removeprefix("^").removesuffix("$"))
-_NAME_RE = re.compile(NAME.removeprefix("^").removesuffix("$"))
-_DISTRICT_MAX = min(getattr(m, "max_length", 1 << 30) for m in SensorReading.model_fields["district"].metadata)
-# A strict subset of what pydantic parses as a tz-aware datetime; fromisoformat gives the same value for it.
-_ISO_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
-                     r"(?:Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 @dataclass(slots=True)
@@ -130,40 +107,17 @@ def classify(exc: ValidationError, default: str) -> str:
 def fast_reading_fields(payload: bytes, addr: MqttAddress) -> tuple[int, float] | None:
     """``(seq, captured_at epoch)`` when the body surely is a valid ``SensorReading`` for ``addr``, else None.
 
-    None means "not decided here" (validate with pydantic), never "invalid": every check below is one
-    the contract (or ``Validator._common``) makes, and anything unusual is left to pydantic.
+    None means "not decided here" (validate with pydantic), never "invalid": the contract check is
+    ``schemas.fast.fast_reading``; the topic and event id checks are those of ``Validator._common``.
     """
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
+    reading = fast_reading(payload)
+    if reading is None:
         return None
-    if type(doc) is not dict or not FAST_READINGS:
+    event_id, _, tenant, gateway, device, seq, captured_ms, _, _, _ = reading
+    if (tenant != addr.tenant or gateway != addr.gateway or device != addr.device
+            or event_id != fast_event_id(gateway, "reading", seq)):
         return None
-    keys = doc.keys()
-    if not (_READING_REQUIRED <= keys <= _FAST_FIELDS):
-        return None
-    seq, value, stamp, district = doc["seq"], doc["value"], doc["captured_at"], doc.get("district", "")
-    version = doc.get("schema_version", 1)
-    if (type(seq) is not int or seq < 0 or type(version) is not int or version < 1
-            or doc.get("kind", "sensor_reading") != "sensor_reading" or type(district) is not str
-            or len(district) > _DISTRICT_MAX or type(stamp) is not str or not _ISO_RE.fullmatch(stamp)):
-        return None
-    if type(value) is float:
-        if not math.isfinite(value):
-            return None
-    elif type(value) is not int:
-        return None
-    metric, tenant, gateway, device = doc["metric"], doc["tenant"], doc["gateway_id"], doc["device_id"]
-    if (type(metric) is not str or metric not in _METRICS or tenant != addr.tenant or gateway != addr.gateway
-            or device != addr.device or type(tenant) is not str or type(gateway) is not str
-            or type(device) is not str or not _TENANT_RE.fullmatch(tenant) or not _NAME_RE.fullmatch(gateway)
-            or not _NAME_RE.fullmatch(device) or doc["event_id"] != fast_event_id(gateway, "reading", seq)):
-        return None
-    try:
-        at = datetime.fromisoformat(stamp).astimezone(UTC)  # the contract's UtcMs: UTC, cut to milliseconds
-        return seq, at.replace(microsecond=at.microsecond // 1000 * 1000).timestamp()
-    except (ValueError, OverflowError):
-        return None
+    return seq, captured_ms / 1000  # = the contract's captured_at.timestamp() (both correctly rounded)
 
 
 def received_at(now: float) -> str:

@@ -19,6 +19,7 @@ from citystream.ingest.validate import (
     fast_reading_fields,
     is_jpeg,
 )
+from citystream.schemas import fast as schemas_fast
 from citystream.schemas.events import SensorReading, make_event_id
 from citystream.schemas.topics import parse_mqtt_topic
 from citystream.settings.bridge import BridgeSettings
@@ -120,7 +121,9 @@ def _variants() -> list[tuple[str, bytes, bool]]:
              ("defaults", doc(district=_DROP, kind=_DROP, schema_version=_DROP), True),
              ("version 2", doc(schema_version=2), True), ("district 128", doc(district="ก" * 128), True),
              ("duplicate key", doc()[:-1] + b',"seq":7}', True),
-             ("skewed", doc(captured_at="2020-01-01T00:00:00Z"), True)]
+             ("skewed", doc(captured_at="2020-01-01T00:00:00Z"), True),
+             ("year 1800", doc(captured_at="1800-01-01T00:00:00Z"), True),
+             ("offset 23:59", doc(captured_at=iso + "+23:59"), True)]
     odd = {"district 129": {"district": "ก" * 129}, "seq -1": {"seq": -1}, "seq bool": {"seq": True},
            "seq float": {"seq": 7.0}, "seq str": {"seq": "7"}, "value bool": {"value": True},
            "value str": {"value": "1.5"}, "value null": {"value": None}, "version 0": {"schema_version": 0},
@@ -133,7 +136,9 @@ def _variants() -> list[tuple[str, bytes, bool]]:
            "leap second": {"captured_at": "2026-06-30T23:59:60Z"}, "hour 24": {"captured_at": "2026-06-30T24:00:00Z"},
            "offset 24h": {"captured_at": iso + "+24:00"}, "epoch number": {"captured_at": int(now.timestamp())},
            "year 1": {"captured_at": "0001-01-01T00:00:00+01:00"},
-           "space": {"captured_at": iso.replace("T", " ") + "Z"}, "7 digits": {"captured_at": iso + "1Z"}}
+           "space": {"captured_at": iso.replace("T", " ") + "Z"}, "7 digits": {"captured_at": iso + "1Z"},
+           "offset minute 60": {"captured_at": iso + "+05:60"},
+           "year 9999 -01:00": {"captured_at": "9999-12-31T23:00:00-01:00"}}
     return valid + [(name, doc(**changes), False) for name, changes in odd.items()] + [
         ("NaN", doc()[:-1].rsplit(b":", 1)[0] + b":NaN}", False), ("list", b"[1]", False), ("not utf8", b"\xff", False)]
 
@@ -168,3 +173,13 @@ def test_fast_reading_path_accepts_only_what_the_contract_accepts(name: str, bod
         assert both.headers[:-1] == full.headers[:-1] and both.headers[-1][0] == RECEIVED_HEADER
     else:
         assert both is full, name
+
+
+def test_a_switched_off_contract_check_leaves_readings_to_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    msg = mf.reading(ROOT, 4)
+    addr = parse_mqtt_topic(msg.topic, ROOT)
+    assert addr is not None and fast_reading_fields(msg.payload, addr) is not None
+    monkeypatch.setattr(schemas_fast, "ENABLED", False)
+    assert fast_reading_fields(msg.payload, addr) is None
+    result = validator().check(msg.topic, msg.payload, [])
+    assert isinstance(result, Accepted) and result.seq == 4
