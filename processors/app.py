@@ -13,6 +13,9 @@ replayed reading may be counted twice in its window's aggregate. Notifications a
 The Faust app id, consumer group and internal topics carry the ``kafka.topic_prefix``; the CLI
 creates every topic (Faust's internal ones too) before the app joins its group. The gauge
 ``citystream_worker_ready`` turns 1 once partitions are assigned and tables recovered.
+Faust 0.15.3 could drop input records silently after recovery seeks a partition back
+(faust-streaming/faust#596): :mod:`faust_fixes` is applied first, and a record Faust still drops
+unprocessed is logged at WARNING, counted in ``citystream_worker_dropped_records_total`` and read again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 
-from citystream.processors import frames_agent
+from citystream.processors import faust_fixes, frames_agent
 from citystream.processors.alerts import Cooldown
 from citystream.processors.frames_agent import VisionPool, pool_size
 from citystream.processors.notifiers import Dispatcher
@@ -70,6 +73,9 @@ class WorkerMetrics:
         self.windows = Counter("citystream_worker_windows_closed_total", "Closed sensor windows", registry=registry)
         self.alerts = Counter("citystream_worker_alerts_total", "Alerts emitted", ["alert_type", "state"],
                               registry=registry)
+        self.dropped = Counter("citystream_worker_dropped_records_total",
+                               "Input records Faust dropped before processing them (read again)", ["topic"],
+                               registry=registry)
         self.ready = Gauge("citystream_worker_ready", "1 once partitions are assigned and tables recovered",
                            registry=registry)
         self._cameras: set[str] = set()
@@ -216,6 +222,7 @@ def prepare_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool | None = None) -> WorkerContext:
     """The worker's Faust app with every agent and table registered; returns its context."""
+    faust_fixes.apply()
     app = make_faust_app(settings)
     prefix = settings.kafka.topic
     watch_topic = app.topic(prefix(WATCHLISTS), key_serializer="raw", value_serializer="raw", partitions=1,
@@ -230,6 +237,7 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
                         cooldown=Cooldown(timedelta(seconds=settings.worker.alert_cooldown_s)))
     for name, base in (("plate_reads", PLATE_READS), ("face_matches", FACE_MATCHES), ("alerts", ALERTS), ("dlq", DLQ)):
         ctx.topics[name] = app.topic(prefix(base), key_serializer="raw", value_serializer="raw")
+    faust_fixes.watch(app, lambda topic, _partition, _offset: ctx.metrics.dropped.labels(topic).inc())
     frames_agent.register(app, ctx)
     register_readings(app, ctx)
     register_notify(app, ctx)
