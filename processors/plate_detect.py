@@ -22,6 +22,8 @@ MIN_PLATE_W = 40  # pixels, at working resolution
 ASPECT_RANGE = (1.5, 3.6)
 MAX_CANDIDATES = 10
 CASCADE = "haarcascade_russian_plate_number.xml"
+TEXT_ASPECT = (1.3, 4.5)  # width / height of a plate's block of text
+TEXT_MARGINS = (1.22, 1.3)  # a plate is this much wider and taller than its block of text
 
 
 def order_corners(points: NDArray[np.float32]) -> Quad:
@@ -77,6 +79,27 @@ def _bright_candidates(small: GrayImage) -> list[Quad]:
     return quads
 
 
+def text_candidates(small: GrayImage) -> list[Quad]:
+    """Plates found by their dark text: a plate-shaped block of strokes (black-hat filtered, closed
+    into one blob), grown by the plate's margins. Finds plates whose outline blends into the car."""
+    strokes = cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (9, 9)))
+    _, binary = cv2.threshold(strokes, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (11, 7)))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    quads: list[Quad] = []
+    for contour in contours:
+        (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
+        if rw < rh:
+            rw, rh, angle = rh, rw, angle + 90
+        tilt = abs((angle + 90) % 180 - 90)
+        if rw < 0.7 * MIN_PLATE_W or rh < 10 or not TEXT_ASPECT[0] <= rw / rh <= TEXT_ASPECT[1] or tilt > 25:
+            continue
+        block = order_corners(cv2.boxPoints(((cx, cy), (rw, rh), angle)).astype(np.float32))
+        quads.append(grow(block, *TEXT_MARGINS))
+    return quads
+
+
 @lru_cache(maxsize=1)
 def _cascade() -> cv2.CascadeClassifier:
     classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
@@ -129,13 +152,17 @@ def working_image(gray: GrayImage) -> tuple[GrayImage, float]:
 
 
 def find_candidates(gray: GrayImage, *, use_cascade: bool = False) -> list[Quad]:
-    """Return candidate plate quads in full-resolution coordinates, most promising first."""
+    """Return candidate plate quads in full-resolution coordinates, most promising first.
+
+    ``use_cascade`` (the second pass, when the first finds nothing readable) adds the text-block
+    candidates and OpenCV's plate cascade.
+    """
     if gray.ndim != 2 or min(gray.shape) < 16:
         return []
     small, back = working_image(gray)
     quads = _edge_candidates(small) + _bright_candidates(small)
     if use_cascade:
-        quads += cascade_candidates(small)
+        quads += text_candidates(small) + cascade_candidates(small)
     return [q * back for q in _dedupe(quads, MAX_CANDIDATES)]
 
 

@@ -26,6 +26,7 @@ from citystream.processors.provinces import PROVINCES, edit_distance, normalise_
 PROVINCE_MODEL_PATH = Path(__file__).with_name("models") / "plate_provinces.npz"
 WORD_W, WORD_H = 96, 24
 TOP_K = 5
+WORD_GAP = 1.0  # letters of one name are at most this many text heights apart
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,16 @@ def default_province_model() -> Mlp:
     return load_mlp(PROVINCE_MODEL_PATH, PROVINCES)
 
 
+def _border_lines(ink: GrayImage) -> GrayImage:
+    """Long horizontal and vertical strokes of the strip: the plate's printed border and its edges."""
+    h, w = ink.shape
+    horizontal = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (max(8, w // 5), 1)))
+    vertical = cv2.morphologyEx(ink, cv2.MORPH_OPEN,
+                                cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(5, int(0.7 * h)))))
+    lines: GrayImage = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
+    return lines
+
+
 def _text_components(ink: GrayImage) -> list[tuple[int, int, int, int]]:
     """Boxes of the ink components that can be province text (border lines and specks dropped)."""
     h, w = ink.shape
@@ -65,8 +76,33 @@ def _text_components(ink: GrayImage) -> list[tuple[int, int, int, int]]:
             continue
         if y == 0 and y + bh < 0.3 * h:  # the tail of a registration glyph above
             continue
+        if (x == 0 or x + bw >= w) and bw < 0.5 * bh:  # a piece of the side border, cut by the strip
+            continue
         boxes.append((x, y, bw, bh))
     return boxes
+
+
+def _word(boxes: list[tuple[int, int, int, int]], width: int) -> list[tuple[int, int, int, int]]:
+    """The components of the province name: the line of text grown from the largest component near
+    the middle (the name is centred on the plate), joining neighbours across letter-sized gaps."""
+    middle = [b for b in boxes if abs(b[0] + b[2] / 2 - width / 2) < 0.3 * width] or boxes
+    anchor = max(middle, key=lambda b: b[2] * b[3])
+    text_h = max(b[3] for b in boxes if b[1] < anchor[1] + anchor[3] and b[1] + b[3] > anchor[1])
+    band = (anchor[1] - 0.6 * text_h, anchor[1] + anchor[3] + 0.6 * text_h)
+    line = sorted(b for b in boxes if b[1] >= band[0] and b[1] + b[3] <= band[1])
+    word = [anchor]
+    left, right = anchor[0], anchor[0] + anchor[2]
+    grown = True
+    while grown:
+        grown = False
+        for b in line:
+            if b in word:
+                continue
+            if b[0] - right <= WORD_GAP * text_h and left - (b[0] + b[2]) <= WORD_GAP * text_h:
+                word.append(b)
+                left, right = min(left, b[0]), max(right, b[0] + b[2])
+                grown = True
+    return word
 
 
 def province_strip(seg: Segmentation) -> tuple[GrayImage, GrayImage]:
@@ -75,13 +111,17 @@ def province_strip(seg: Segmentation) -> tuple[GrayImage, GrayImage]:
     w = seg.flat.shape[1]
     gray = seg.flat[top:bottom, int(0.03 * w):w - int(0.03 * w)]
     _, ink = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
+    lines = _border_lines(ink)
+    ink = cv2.bitwise_and(ink, cv2.bitwise_not(lines))
+    gray = cv2.max(gray, lines)
     boxes = _text_components(ink)
     if not boxes:
         return gray, ink
-    x0 = max(0, min(b[0] for b in boxes) - 2)
-    y0 = max(0, min(b[1] for b in boxes) - 2)
-    x1 = max(b[0] + b[2] for b in boxes) + 2
-    y1 = max(b[1] + b[3] for b in boxes) + 2
+    word = _word(boxes, ink.shape[1])
+    x0 = max(0, min(b[0] for b in word) - 2)
+    y0 = max(0, min(b[1] for b in word) - 2)
+    x1 = max(b[0] + b[2] for b in word) + 2
+    y1 = max(b[1] + b[3] for b in word) + 2
     return gray[y0:y1, x0:x1], ink[y0:y1, x0:x1]
 
 

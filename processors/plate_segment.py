@@ -4,6 +4,11 @@ Input is a plate warped to ``PLATE_W`` x ``PLATE_H`` (see :mod:`plate_detect`). 
 line (``1กข 1234``) is cut into glyph boxes from connected components; the widest gap between
 glyphs separates the letter group from the number. Everything below the registration line is the
 province line, which goes to Tesseract as a clean black-on-white strip.
+
+Connected components are not always glyphs: blur makes neighbours touch (``64`` as one box) and a
+thin stroke can break off (the stem of ``ป``). :func:`alternatives` offers other cuts of the line —
+wide boxes split at their thinnest columns, thin pieces joined to a neighbour — and the reader keeps
+the cut its classifier reads most confidently.
 """
 
 from __future__ import annotations
@@ -16,20 +21,34 @@ from numpy.typing import NDArray
 
 GrayImage = NDArray[np.uint8]
 Box = tuple[int, int, int, int]  # x, y, w, h
+Cut = tuple[tuple[Box, ...], int]  # glyph boxes left to right, index where the number starts
+WIDE = 1.05  # a box wider than this many times its height may be touching glyphs (3 past 1.6)
+THIN = 0.3  # a box narrower than this many line heights may be a broken-off stroke
+JOIN_GAP = 0.2  # ... when the gap to its neighbour is at most this many line heights
+MAX_CUTS = 8
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    """Glyph boxes of the registration line (left to right), the group split and the province strip."""
+    """Cuts of the registration line into glyphs (the plainest first) and the province strip."""
 
     flat: GrayImage  # plate with lighting flattened, border lines painted white
     ink: GrayImage  # binary, ink = 255, border lines removed
-    glyphs: tuple[Box, ...]
-    split: int  # glyphs[:split] are the letter group (with optional leading digit)
+    cuts: tuple[Cut, ...]  # one per plausible way to cut the line into glyphs; never empty
     line_top: int
     line_bottom: int
     province_rows: tuple[int, int]  # the province line lies between these rows
     clipped: bool = False  # a glyph-sized blob touches the crop's side: the plate is probably cut off
+
+    @property
+    def glyphs(self) -> tuple[Box, ...]:
+        """Glyph boxes of the first cut, left to right."""
+        return self.cuts[0][0]
+
+    @property
+    def split(self) -> int:
+        """Where the first cut's number starts: glyphs[:split] are the letter group (and lead digit)."""
+        return self.cuts[0][1]
 
 
 def flatten(plate: GrayImage, block: int = 25) -> GrayImage:
@@ -66,7 +85,7 @@ def _is_frame_piece(box: Box, h: int, w: int) -> bool:
     x, y, bw, bh = box
     if x <= 1 or y <= 1 or x + bw >= w - 1 or y + bh >= h - 1:
         return True
-    return bw < 0.15 * bh and (x < 0.08 * w or x + bw > 0.92 * w)
+    return bw < 0.15 * bh and (x < 0.1 * w or x + bw > 0.9 * w)
 
 
 def _primary_glyphs(boxes: list[Box], h: int, w: int) -> list[Box]:
@@ -146,10 +165,75 @@ def segment(plate: GrayImage, *, block: int = 25, offset: float = 0.0) -> Segmen
     extras = [b for b in boxes if b not in primaries and b[1] >= top - 0.05 * h
               and b[1] + b[3] <= bottom + 0.12 * h and b[3] < 0.6 * (bottom - top)]
     glyphs = _merge(primaries, extras)
-    split = _group_split(glyphs)
-    if split is None:
+    base = _cut(glyphs)
+    cuts = ([base] if base else []) + alternatives(ink, glyphs, bottom - top)
+    if not cuts:
         return None
     flat = cv2.max(flat, lines)
     rows = (min(h - 8, bottom + int(0.03 * h)), h - max(2, int(0.02 * h)))
     clipped = _clipped(boxes, top, bottom, w)
-    return Segmentation(flat, ink, tuple(glyphs), split, top, bottom, rows, clipped)
+    return Segmentation(flat, ink, tuple(cuts), top, bottom, rows, clipped)
+
+
+def _tighten(ink: GrayImage, x0: int, x1: int, y0: int, y1: int) -> Box | None:
+    """The box of the ink between columns ``x0:x1`` and rows ``y0:y1``, or None when empty."""
+    rows = np.flatnonzero(ink[y0:y1, x0:x1].any(axis=1))
+    cols = np.flatnonzero(ink[y0:y1, x0:x1].any(axis=0))
+    if len(rows) == 0 or len(cols) == 0:
+        return None
+    return (x0 + int(cols[0]), y0 + int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1)
+
+
+def split_box(ink: GrayImage, box: Box, parts: int) -> list[Box] | None:
+    """Cut a box of touching glyphs into ``parts`` at the columns with least ink near the even cuts."""
+    x, y, w, h = box
+    profile = cv2.blur(ink[y:y + h, x:x + w].sum(axis=0, dtype=np.float32).reshape(1, -1), (3, 1)).ravel()
+    edges = [0]
+    reach = max(1, int(0.3 * w / parts))
+    for k in range(1, parts):
+        centre = int(w * k / parts)
+        lo, hi = max(edges[-1] + 2, centre - reach), min(w - 2, centre + reach + 1)
+        if hi <= lo:
+            return None
+        edges.append(lo + int(np.argmin(profile[lo:hi])))
+    edges.append(w)
+    boxes: list[Box] = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        piece = _tighten(ink, x + a, x + b, y, y + h)
+        if piece is None:
+            return None
+        boxes.append(piece)
+    return boxes
+
+
+def _cut(glyphs: list[Box]) -> Cut | None:
+    split = _group_split(glyphs)
+    return None if split is None else (tuple(glyphs), split)
+
+
+def alternatives(ink: GrayImage, glyphs: list[Box], line_h: int) -> list[Cut]:
+    """Other cuts of a registration line than ``glyphs``: wide boxes split, thin pieces joined."""
+    line_h = max(1, line_h)
+    options: list[list[Box]] = []
+    height = [min(b[3], line_h) for b in glyphs]  # a glyph with a tail is no wider for it
+    wide = sorted((i for i, b in enumerate(glyphs) if b[2] > WIDE * height[i]), key=lambda i: -glyphs[i][2])[:2]
+    splits: dict[int, list[list[Box]]] = {}
+    for i in wide:
+        for parts in (2, 3) if glyphs[i][2] > 1.6 * height[i] else (2,):
+            if (pieces := split_box(ink, glyphs[i], parts)) and len(pieces) == parts:
+                splits.setdefault(i, []).append(pieces)
+                options.append(glyphs[:i] + pieces + glyphs[i + 1:])
+    if len(splits) == 2:
+        (i, first), (j, second) = sorted(splits.items())
+        options.append(glyphs[:i] + first[0] + glyphs[i + 1:j] + second[0] + glyphs[j + 1:])
+    for i, box in enumerate(glyphs):
+        if box[2] >= THIN * line_h:
+            continue
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(glyphs):
+                left, right = sorted((glyphs[i], glyphs[j]))
+                if right[0] - (left[0] + left[2]) <= JOIN_GAP * line_h:
+                    lo = min(i, j)
+                    options.append(glyphs[:lo] + [_union(left, right)] + glyphs[lo + 2:])
+    cuts = [c for option in options if (c := _cut(option)) is not None]
+    return cuts[:MAX_CUTS]

