@@ -16,6 +16,8 @@ creates every topic (Faust's internal ones too) before the app joins its group. 
 Faust 0.15.3 could drop input records silently after recovery seeks a partition back
 (faust-streaming/faust#596): :mod:`faust_fixes` is applied first, and a record Faust still drops
 unprocessed is logged at WARNING, counted in ``citystream_worker_dropped_records_total`` and read again.
+A worker whose input waits unprocessed for ``worker.stall_timeout_s`` stops and exits with code 3
+(:mod:`watchdog`), for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ from citystream.processors.alerts import Cooldown
 from citystream.processors.frames_agent import VisionPool, pool_size
 from citystream.processors.notifiers import Dispatcher
 from citystream.processors.sensors import SensorState, SensorWindows, out_of_range
+from citystream.processors.watchdog import (
+    CHECK_EVERY_S,
+    STALLED_EXIT,
+    StallWatch,
+    input_positions,
+    stop_stalled_process,
+)
 from citystream.processors.watchlists import WatchlistIndex
 from citystream.schemas.events import Alert, DeadLetter, SensorReading, error_summary
 from citystream.schemas.topics import (
@@ -44,6 +53,7 @@ from citystream.schemas.topics import (
     DLQ,
     FACE_MATCHES,
     PLATE_READS,
+    RAW_FRAMES,
     RAW_READINGS,
     TOPICS,
     WATCHLISTS,
@@ -76,6 +86,8 @@ class WorkerMetrics:
         self.dropped = Counter("citystream_worker_dropped_records_total",
                                "Input records Faust dropped before processing them (read again)", ["topic"],
                                registry=registry)
+        self.stalls = Counter("citystream_worker_stalls_total",
+                              "Times the worker found its input waiting unprocessed and stopped", registry=registry)
         self.ready = Gauge("citystream_worker_ready", "1 once partitions are assigned and tables recovered",
                            registry=registry)
         self._cameras: set[str] = set()
@@ -126,6 +138,7 @@ class WorkerContext:
     watch: WatchCache
     topics: dict[str, Any] = field(default_factory=dict)
     cooldown: Cooldown = field(default_factory=Cooldown)
+    stalled: bool = False  # the watchdog stopped the worker: exit with watchdog.STALLED_EXIT
 
     async def send(self, name: str, event: BaseModel) -> None:
         """Send a contract as JSON keyed by its device id (buffered; flushed before offsets commit)."""
@@ -246,7 +259,31 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
         ctx.metrics.ready.set(0 if app.rebalancing or not app.tables.recovery.completed.is_set() else 1)
 
     app.timer(0.5, name="readiness")(readiness)
+    register_watchdog(app, ctx)
     return ctx
+
+
+def register_watchdog(app: faust.App, ctx: WorkerContext) -> None:
+    """Stop the worker (exit code 3) when its input waits unprocessed for ``worker.stall_timeout_s``."""
+    watch = StallWatch(ctx.settings.worker.stall_timeout_s)
+    inputs = [ctx.settings.kafka.topic(RAW_FRAMES), ctx.settings.kafka.topic(RAW_READINGS)]
+
+    async def liveness() -> None:
+        if ctx.stalled or watch.timeout_s <= 0:
+            return
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            watch.reset()
+            return
+        stalled = watch.stalled(input_positions(app.consumer, inputs))
+        if stalled:
+            ctx.stalled = True
+            ctx.metrics.stalls.inc()
+            log.error("worker stalled: records wait in its input but none was processed; stopping so that the "
+                      "supervisor restarts it", extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in stalled],
+                                                       "stall_timeout_s": watch.timeout_s, "exit_code": STALLED_EXIT})
+            stop_stalled_process()
+
+    app.timer(CHECK_EVERY_S, name="liveness")(liveness)
 
 
 def register_readings(app: faust.App, ctx: WorkerContext) -> Any:

@@ -22,6 +22,7 @@ def worker(ctx: click.Context, config: str | None) -> None:
     import faust
 
     from citystream.processors.app import create_app, prepare_topics
+    from citystream.processors.watchdog import STALLED_EXIT
     from citystream.stack.mosquitto import StackError
 
     settings = settings_of(ctx)
@@ -42,6 +43,8 @@ def worker(ctx: click.Context, config: str | None) -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        if context.stalled:
+            code = STALLED_EXIT
         context.pool.shutdown()
         log.info("worker stopped", extra={"exit_code": code})
     raise SystemExit(code)

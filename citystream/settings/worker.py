@@ -93,6 +93,8 @@ class WorkerSettings(Section):
     web_port: int = Field(0, ge=0, le=65535, description="Faust's own web server on 127.0.0.1 (0 = off)")
     window_s: int = Field(60, ge=1, description="tumbling window length by event time")
     allowed_lateness_s: float = Field(120.0, ge=0, description="out-of-order readings this late still count")
+    stall_timeout_s: float = Field(120.0, ge=0, description="exit with code 3 when input records wait this long "
+                                   "with none processed, for the supervisor to restart it (0 = never)")
     ranges: dict[str, MetricRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     alert_rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
     notifiers: list[NotifierSettings] = Field(default_factory=list)

@@ -155,10 +155,11 @@ class Outputs:
 
 
 def worker_settings_for(settings: Settings, tmp_path: Path) -> Settings:
-    """The test's settings with one vision process, a pseudonym key, its own Faust data dir and a metrics port."""
+    """The test's settings with one vision process, a pseudonym key, its own Faust data dir, a metrics port and a
+    short stall timeout (a worker that stalls in a test exits 3 instead of 0)."""
     doc = dump_settings(settings)
     doc["worker"].update({"vision_processes": 1, "allowed_lateness_s": 0, "pseudonym_keys": {"*": "test-key"},
-                          "data_dir": str(tmp_path / "faust")})
+                          "data_dir": str(tmp_path / "faust"), "stall_timeout_s": 30.0})  # tests check exit 0
     doc["metrics"].update({"port": free_port()})
     return Settings(**doc)
 

@@ -1,0 +1,86 @@
+"""Worker liveness: stop a worker whose input waits while nothing of it is processed.
+
+Faust can stall without an error: in about 1 of 15 restarts with a backlog (measured on this
+project's restart loop, faust-streaming 0.15.3, root cause not found), a worker kept running but
+stopped taking records from some input partitions. A stalled worker looks healthy to its
+supervisor, so the worker watches itself: every ``CHECK_EVERY_S`` it compares, per assigned input
+partition, the committed offset with the partition's high-water mark. A partition with records
+waiting whose committed offset has not moved for ``worker.stall_timeout_s`` is stalled; the worker
+then logs an ERROR naming the partitions, counts ``citystream_worker_stalls_total``, stops
+gracefully (SIGTERM to itself: acknowledged work is committed) and exits with code
+:data:`STALLED_EXIT`, so that systemd, Docker (``restart: unless-stopped``) or Kubernetes start it
+again. A restarted worker reads from the committed offsets: at least once, nothing skipped. If the
+graceful stop itself hangs, the process exits hard after ``HARD_EXIT_AFTER_S``.
+
+The check is off while partitions are being assigned or tables recovered, and with
+``stall_timeout_s: 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+STALLED_EXIT = 3
+CHECK_EVERY_S = 5.0
+HARD_EXIT_AFTER_S = 60.0
+Positions = Mapping[Any, tuple[int, int]]  # partition -> (committed offset, high-water mark)
+
+
+class StallWatch:
+    """Finds input partitions with records waiting whose committed offset has not moved for ``timeout_s``."""
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """Watch with the given timeout (seconds; 0 never reports) and clock."""
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self._since: dict[Any, tuple[int, float]] = {}  # partition -> (committed offset, when first seen)
+
+    def stalled(self, positions: Positions) -> list[Any]:
+        """Feed the current positions; return the partitions stalled for at least ``timeout_s``."""
+        now = self.clock()
+        found: list[Any] = []
+        for tp, (committed, high) in positions.items():
+            seen = self._since.get(tp)
+            if high <= committed or seen is None or seen[0] != committed:
+                self._since[tp] = (committed, now)
+            elif self.timeout_s > 0 and now - seen[1] >= self.timeout_s:
+                found.append(tp)
+        for tp in set(self._since) - set(positions):
+            del self._since[tp]
+        return found
+
+    def reset(self) -> None:
+        """Forget every partition (assignment changing, tables recovering)."""
+        self._since.clear()
+
+
+def input_positions(consumer: Any, topics: Iterable[str]) -> dict[Any, tuple[int, int]]:
+    """(committed offset, high-water mark) of the consumer's assigned partitions of ``topics``.
+
+    Reads Faust 0.15.3's consumer bookkeeping (``_committed_offset``); a partition whose high-water
+    mark is not known yet is left out.
+    """
+    wanted = set(topics)
+    positions: dict[Any, tuple[int, int]] = {}
+    for tp in consumer.assignment():
+        if tp.topic not in wanted:
+            continue
+        high = consumer.highwater(tp)
+        if high is None or high < 0:
+            continue
+        committed = consumer._committed_offset.get(tp)
+        positions[tp] = (committed if committed is not None and committed >= 0 else 0, high)
+    return positions
+
+
+def stop_stalled_process(hard_exit_after_s: float = HARD_EXIT_AFTER_S) -> None:
+    """Ask this process to stop gracefully (SIGTERM); exit with ``STALLED_EXIT`` if it is still alive later."""
+    timer = threading.Timer(hard_exit_after_s, os._exit, args=(STALLED_EXIT,))
+    timer.daemon = True
+    timer.start()
+    os.kill(os.getpid(), signal.SIGTERM)
