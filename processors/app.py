@@ -44,6 +44,7 @@ from citystream.processors.watchdog import (
     STALLED_EXIT,
     StallWatch,
     input_positions,
+    stall_diagnostics,
     stop_stalled_process,
 )
 from citystream.processors.watchlists import WatchlistIndex
@@ -281,6 +282,7 @@ def register_watchdog(app: faust.App, ctx: WorkerContext) -> None:
             log.error("worker stalled: records wait in its input but none was processed; stopping so that the "
                       "supervisor restarts it", extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in stalled],
                                                        "stall_timeout_s": watch.timeout_s, "exit_code": STALLED_EXIT})
+            log.error("worker stall diagnostics", extra=stall_diagnostics(app))
             stop_stalled_process()
 
     app.timer(CHECK_EVERY_S, name="liveness")(liveness)

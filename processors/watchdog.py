@@ -13,7 +13,8 @@ again. A restarted worker reads from the committed offsets: at least once, nothi
 graceful stop itself hangs, the process exits hard after ``HARD_EXIT_AFTER_S``.
 
 The check is off while partitions are being assigned or tables recovered, and with
-``stall_timeout_s: 0``.
+``stall_timeout_s: 0``. Before stopping, the worker logs :func:`stall_diagnostics` (the agents'
+tracebacks and the consumer's flow state) for whoever looks for the cause.
 """
 
 from __future__ import annotations
@@ -76,6 +77,35 @@ def input_positions(consumer: Any, topics: Iterable[str]) -> dict[Any, tuple[int
         committed = consumer._committed_offset.get(tp)
         positions[tp] = (committed if committed is not None and committed >= 0 else 0, high)
     return positions
+
+
+def _partitions(tps: Any) -> list[str]:
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in tps or ())
+
+
+def stall_diagnostics(app: Any) -> dict[str, Any]:
+    """Where a stalled Faust 0.15.3 worker is stuck: agent tracebacks and the consumer's flow state.
+
+    Best effort: a value that cannot be read is reported as the error that reading it raised.
+    """
+    consumer = app.consumer
+    probes: dict[str, Callable[[], Any]] = {
+        "assigned": lambda: _partitions(consumer.assignment()),
+        "active": lambda: _partitions(consumer._active_partitions),
+        "paused": lambda: _partitions(consumer._paused_partitions),
+        "buffered": lambda: _partitions(consumer._buffered_partitions),
+        "flow_active": lambda: consumer.flow_active,
+        "unacked_messages": lambda: len(consumer._unacked_messages),
+        "producer_buffer": lambda: app.producer.buffer.size,
+        "agent_tracebacks": lambda: app.agents.human_tracebacks()[-6000:],
+    }
+    found: dict[str, Any] = {}
+    for name, probe in probes.items():
+        try:
+            found[name] = probe()
+        except Exception as exc:  # diagnostics must never stop the stop
+            found[name] = f"unreadable: {exc!r}"
+    return found
 
 
 def stop_stalled_process(hard_exit_after_s: float = HARD_EXIT_AFTER_S) -> None:

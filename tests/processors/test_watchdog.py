@@ -168,6 +168,8 @@ def test_a_worker_whose_vision_hangs_exits_3_and_its_restart_finishes_the_input(
         text = log_path.read_text()
         assert code == STALLED_EXIT, text[-3000:]
         assert "worker stalled" in text and "raw.frames" in text
+        diagnostics = text[text.index("worker stall diagnostics"):]
+        assert "agent_tracebacks" in diagnostics and "unreadable" not in diagnostics, diagnostics[:4000]
 
         proc = start_worker(s, config, log)  # the supervisor's restart: it reads from the committed offsets
         try:
