@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from citystream.settings import ClickHouseSettings
 from citystream.sinks.batch import TableRows
 from citystream.sinks.rows import ROUTES, to_row
 from citystream.sinks.writer import INSERT_SETTINGS
-from tests.sinks.factory import T0, TENANT, alert, face, plate, reading
+from tests.sinks.factory import BANGKOK, T0, TENANT, alert, face, plate, reading, recent_start
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +112,14 @@ def test_every_documented_query_returns_rows(store: ClickHouseSettings) -> None:
     assert sorted(r["kind"] for r in by_title["6"]) == ["face", "face", "plate"]
     assert [(r["gateway_id"], r["gaps"], r["messages_missed"]) for r in by_title["7"]] == [("gw-rangsit-01", 1, 5)]
     assert {r["reason"]: r["records"] for r in by_title["8"]} == {"not_json": 1, "non_finite": 1}
+
+
+@pytest.mark.unit
+def test_the_three_hours_of_test_data_stay_in_one_bangkok_day_at_any_time_of_day() -> None:
+    for hour in range(24):
+        for minute in (0, 30, 59):
+            now = datetime(2026, 11, 25, hour, minute, tzinfo=UTC)
+            start = recent_start(now)
+            last = start + timedelta(minutes=175)  # the last reading of demo_like
+            assert start.astimezone(BANGKOK).date() == last.astimezone(BANGKOK).date(), (now, start)
+            assert timedelta(hours=3) <= now - start < timedelta(hours=6), (now, start)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -22,8 +22,22 @@ from citystream.schemas.events import (
 from citystream.sinks.batch import TableRows
 from citystream.sinks.rows import ROUTES, to_row
 
+BANGKOK = timezone(timedelta(hours=7))
+
+
+def recent_start(now: datetime, hours: int = 3) -> datetime:
+    """The top of the hour ``hours`` before ``now``, moved earlier when the ``hours`` after it would
+    cross midnight in Bangkok: analyst queries group by Bangkok day, so test data stays in one day."""
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
+    end = start + timedelta(hours=hours)
+    if start.astimezone(BANGKOK).date() != end.astimezone(BANGKOK).date():
+        midnight = end.astimezone(BANGKOK).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = midnight.astimezone(UTC) - timedelta(hours=hours)
+    return start
+
+
 # Recent (the default TTLs would expire older rows), at the top of an hour, so rollup buckets are predictable.
-T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+T0 = recent_start(datetime.now(UTC))
 TENANT = "nakhon-rangsit"
 
 
