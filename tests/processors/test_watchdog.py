@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from citystream.processors.plate_synth import road_scene_with_plate
 from citystream.processors.watchdog import STALLED_EXIT, StallWatch, input_positions
 from citystream.schemas.topics import RAW_FRAMES
 from citystream.settings import Settings
 from tests.processors.worker_helpers import (
-    PLATE_SEED,
-    T0,
-    TENANT,
-    Record,
+    all_committed,
     committed_and_ends,
-    frame_headers,
-    jpeg,
+    plate_frames,
     produce,
     start_worker,
     stop_worker,
@@ -129,17 +122,6 @@ def frozen(pids: list[int]) -> Iterator[None]:
                 pass
 
 
-def frames(first: int, count: int) -> list[Record]:
-    rng = random.Random(PLATE_SEED + first)
-    records: list[Record] = []
-    for seq in range(first, first + count):
-        body = jpeg(road_scene_with_plate(rng)[0])
-        camera = f"cam-{seq % 4}"
-        records.append((RAW_FRAMES, camera.encode(), body,
-                        frame_headers(TENANT, camera, seq, body, T0 + timedelta(seconds=seq))))
-    return records
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_worker_whose_vision_hangs_exits_3_and_its_restart_finishes_the_input(settings: Settings,
@@ -151,12 +133,12 @@ def test_a_worker_whose_vision_hangs_exits_3_and_its_restart_finishes_the_input(
         proc = start_worker(s, config, log)
         try:
             assert wait_for_metric(proc, s.metrics.port, "citystream_worker_ready", 1, 90) == 1
-            produce(s, frames(0, 2))
+            produce(s, plate_frames(0, 2))
             assert wait_for_metric(proc, s.metrics.port, "citystream_worker_frames_total", 2, 120) >= 2
             vision = _children(proc.pid)
             assert vision, "the worker has no vision process"
             with frozen(vision):  # vision hangs: frames wait in the input, nothing is processed
-                produce(s, frames(2, 6))
+                produce(s, plate_frames(2, 6))
                 deadline = time.monotonic() + 120
                 while proc.poll() is None and b"worker stalled" not in log_path.read_bytes():
                     assert time.monotonic() < deadline, log_path.read_text()[-3000:]
@@ -177,7 +159,7 @@ def test_a_worker_whose_vision_hangs_exits_3_and_its_restart_finishes_the_input(
             deadline = time.monotonic() + 120
             while True:
                 committed, ends = committed_and_ends(s, RAW_FRAMES)
-                if {p: max(o, 0) for p, o in committed.items() if ends[p]} == {p: e for p, e in ends.items() if e}:
+                if all_committed(committed, ends):
                     break
                 assert proc.poll() is None and time.monotonic() < deadline, (committed, ends,
                                                                              log_path.read_text()[-3000:])

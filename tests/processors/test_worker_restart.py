@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import random
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from citystream.processors.plate_synth import road_scene_with_plate
 from citystream.schemas.topics import RAW_FRAMES, RAW_READINGS
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings
 from tests.processors.worker_helpers import (
-    PLATE_SEED,
-    T0,
-    TENANT,
     Record,
+    all_committed,
     committed_and_ends,
-    frame_headers,
-    jpeg,
     metric_or_none,
+    plate_frames,
     pm25_series,
     produce,
     start_worker,
@@ -36,13 +30,7 @@ DROPPED = "citystream_worker_dropped_records_total"
 
 def backlog(first_seq: int, frames: int) -> list[Record]:
     """``frames`` plate frames over four cameras (several partitions) and a PM2.5 series (table changelog)."""
-    rng = random.Random(PLATE_SEED + first_seq)
-    records: list[Record] = []
-    for seq in range(first_seq, first_seq + frames):
-        body = jpeg(road_scene_with_plate(rng)[0])
-        camera = f"cam-{seq % 4}"
-        records.append((RAW_FRAMES, camera.encode(), body,
-                        frame_headers(TENANT, camera, seq, body, T0 + timedelta(seconds=seq))))
+    records = plate_frames(first_seq, frames)
     for reading in pm25_series():
         moved = reading.model_copy(update={"seq": reading.seq + 1000 * first_seq})
         records.append((RAW_READINGS, b"pm-1", to_json(moved), []))
@@ -81,5 +69,4 @@ def test_a_worker_restarted_with_a_backlog_processes_all_of_it(settings: Setting
     # every record of the backlog was acknowledged: the group committed up to the end of both input topics
     for base in (RAW_FRAMES, RAW_READINGS):
         committed, ends = committed_and_ends(s, base)
-        assert {p: max(o, 0) for p, o in committed.items() if ends[p]} == {p: e for p, e in ends.items() if e}, (
-            base, dropped)
+        assert all_committed(committed, ends), (base, dropped, committed, ends)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from prometheus_client import CollectorRegistry
 from citystream.processors import watchlists
 from citystream.processors.app import WorkerContext, create_app
 from citystream.processors.frames_agent import VisionPool
+from citystream.processors.plate_synth import road_scene_with_plate
 from citystream.schemas.events import FrameMeta, Metric, SensorReading, make_event_id
-from citystream.schemas.topics import ALERTS, DLQ, FACE_MATCHES, PLATE_READS
+from citystream.schemas.topics import ALERTS, DLQ, FACE_MATCHES, PLATE_READS, RAW_FRAMES
 from citystream.schemas.wire import frame_meta_pairs
 from citystream.settings import Settings, dump_settings
 from tests.conftest import REPO, free_port, write_settings
@@ -164,6 +166,18 @@ def worker_settings_for(settings: Settings, tmp_path: Path) -> Settings:
     return Settings(**doc)
 
 
+def plate_frames(first_seq: int, count: int) -> list[Record]:
+    """``count`` simulator frames with a plate over four cameras (several partitions), seq from ``first_seq``."""
+    rng = random.Random(PLATE_SEED + first_seq)
+    records: list[Record] = []
+    for seq in range(first_seq, first_seq + count):
+        body = jpeg(road_scene_with_plate(rng)[0])
+        camera = f"cam-{seq % 4}"
+        records.append((RAW_FRAMES, camera.encode(), body,
+                        frame_headers(TENANT, camera, seq, body, T0 + timedelta(seconds=seq))))
+    return records
+
+
 def produce(settings: Settings, records: list[Record]) -> None:
     """Produce records (base topic, key, value, headers) to the test's topics and wait for them."""
     producer = Producer({**settings.kafka.client_config(), "message.max.bytes": 8 * 1024 * 1024})
@@ -214,6 +228,11 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
+
+
+def all_committed(committed: dict[int, int], ends: dict[int, int]) -> bool:
+    """Whether the group committed the end of every non-empty partition (see :func:`committed_and_ends`)."""
+    return {p: max(o, 0) for p, o in committed.items() if ends[p]} == {p: e for p, e in ends.items() if e}
 
 
 def committed_and_ends(settings: Settings, base_topic: str) -> tuple[dict[int, int], dict[int, int]]:
