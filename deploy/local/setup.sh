@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent machine setup for citystream's local stack and tests; each step skips what is there.
-#   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts, Java 17, Maven)
+#   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts, Java 17, Maven, Prometheus for promtool)
 #   2. .venv with citystream installed editable (+ dev tools); redone when pyproject.toml changes
 #   3. Apache Kafka broker jars from Maven Central into .cache/kafka (deploy/local/pom.xml)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 APT_PACKAGES="mosquitto mosquitto-clients tesseract-ocr tesseract-ocr-tha tesseract-ocr-eng fonts-thai-tlwg
- libgl1 libglib2.0-0 openjdk-17-jre-headless maven"
+ libgl1 libglib2.0-0 openjdk-17-jre-headless maven prometheus"
 PYTHON="${PYTHON:-python3}"
 
 missing=""
