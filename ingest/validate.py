@@ -1,10 +1,18 @@
 """Input validation for the bridge: one MQTT message -> an accepted Kafka record or a DLQ reason.
 
 Pure functions of (topic, payload, user properties, clock): no I/O, so every reason is unit-tested.
-Readings first take a fast path (``schemas.fast.fast_reading``, the contract check the sink shares,
-plus the topic and event id checks below); it only ever accepts what the contract accepts, and anything
-it does not accept goes through the full pydantic validation, which decides the DLQ reason — so
-reasons and details do not depend on the path.
+The exported JSON Schemas are the contract, read strictly (``schemas.strict``): no type coercion
+(``true`` or ``"220.1"`` for a number, an epoch number for a timestamp), no repeated JSON keys,
+integers within their columns, each metric within its range (``schemas.ranges``). Readings first take a
+fast path (``schemas.fast.fast_reading``, the contract check the sink shares, plus the topic and event
+id checks below); it only ever accepts what the strict contract accepts, and anything it does not accept
+goes through the full strict validation, which decides the DLQ reason — so reasons and details do not
+depend on the path.
+Frames: the FrameMeta user properties are read strictly too (each name once, no unknown names, values
+as ``frame_meta_pairs`` writes them) and the body must be one complete JPEG by its markers
+(``schemas.jpeg.inspect``: nothing after the first EOI, scans complete, header size = FrameMeta size,
+no decompression bomb). The bridge does not decode pixels (it must keep up with the broker); corrupt
+entropy-coded data is found by the worker's strict decode, which dead-letters it (stage ``worker``).
 Accepted readings and statuses keep their original bytes (no re-serialisation); frames keep the
 JPEG bytes and their FrameMeta user properties become Kafka headers. Every accepted record also
 gets a ``bridge_received_at`` header (UTC ISO 8601, ms) with the time the bridge took it.
@@ -15,12 +23,18 @@ Reasons (``REASONS``, the ``reason`` label of ``citystream_bridge_dlq_total``):
 - ``oversized``: payload above ``bridge.max_reading_bytes`` / ``bridge.max_frame_bytes``.
 - ``not_json``: a reading/status body that is not JSON (or not UTF-8).
 - ``non_finite``: NaN or +-Infinity where a number belongs.
-- ``schema``: JSON that does not fit the contract (missing/extra fields, wrong types, values).
+- ``duplicate_key``: a JSON object names a key twice (reading or status body).
+- ``out_of_range``: a reading's value outside its metric's range (``schemas.ranges``).
+- ``schema``: JSON that does not fit the contract (missing/extra fields, wrong types — no coercion —,
+  integers beyond their bounds, values).
 - ``topic_mismatch``: tenant/gateway/device in the topic differ from those in the event.
 - ``bad_event_id``: ``event_id`` is not ``make_event_id(gateway, stream, seq)`` (would break dedup).
 - ``clock_skew``: ``captured_at`` further than ``bridge.max_clock_skew_s`` from the bridge clock.
 - ``not_jpeg``: a frame body without the JPEG start (FF D8) and end (FF D9) markers.
-- ``bad_frame_meta``: FrameMeta user properties missing/invalid, or ``jpeg_bytes`` != body size.
+- ``bad_jpeg``: a JPEG whose marker structure is broken or incomplete, or with bytes after its first EOI.
+- ``frame_too_large``: a JPEG header declaring far more pixels than its size can hold (decompression bomb).
+- ``frame_size_mismatch``: the JPEG header's width/height differ from FrameMeta's.
+- ``bad_frame_meta``: FrameMeta user properties missing/invalid/repeated/unknown, or ``jpeg_bytes`` != body size.
 """
 
 from __future__ import annotations
@@ -34,14 +48,16 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from citystream.schemas import jpeg
 from citystream.schemas.events import ID_NAMESPACE, DeviceStatus, Event, SensorReading, error_summary
 from citystream.schemas.fast import fast_reading
+from citystream.schemas.strict import frame_meta_strict, validate_json
 from citystream.schemas.topics import KAFKA_TOPIC_OF_STREAM, MqttAddress, parse_mqtt_topic
-from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings.bridge import BridgeSettings
 
-REASONS = ("unknown_topic", "oversized", "not_json", "non_finite", "schema", "topic_mismatch", "bad_event_id",
-           "clock_skew", "not_jpeg", "bad_frame_meta")
+REASONS = ("unknown_topic", "oversized", "not_json", "non_finite", "duplicate_key", "out_of_range", "schema",
+           "topic_mismatch", "bad_event_id", "clock_skew", "not_jpeg", "bad_jpeg", "frame_too_large",
+           "frame_size_mismatch", "bad_frame_meta")
 RECEIVED_HEADER = "bridge_received_at"
 JPEG_START = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
@@ -88,11 +104,15 @@ def is_jpeg(payload: bytes) -> bool:
     return len(payload) >= 4 and payload.startswith(JPEG_START) and payload.endswith(JPEG_END)
 
 
+_REASON_OF_TYPE = {"json_invalid": "not_json", "duplicate_key": "duplicate_key", "out_of_range": "out_of_range"}
+
+
 def classify(exc: ValidationError, default: str) -> str:
-    """The DLQ reason of a pydantic error: ``not_json``, ``non_finite`` or ``default``."""
+    """The DLQ reason of a pydantic error: not_json, duplicate_key, out_of_range, non_finite or ``default``."""
     errors = exc.errors()
-    if any(e["type"] == "json_invalid" for e in errors):
-        return "not_json"
+    for e in errors:
+        if e["type"] in _REASON_OF_TYPE:
+            return _REASON_OF_TYPE[e["type"]]
     for e in errors:
         value = e.get("input")
         if isinstance(value, float) and not math.isfinite(value):
@@ -165,7 +185,7 @@ class Validator:
     def _json(self, addr: MqttAddress, payload: bytes, props: Sequence[tuple[str, str]]) -> Accepted | Rejected:
         model = _JSON_MODELS[addr.stream]
         try:
-            event: Event = model.model_validate_json(payload)
+            event: Event = validate_json(model, payload)
         except ValidationError as exc:
             return Rejected(classify(exc, "schema"), error_summary(exc), addr.tenant, addr.device)
         # A status names the gateway in its topic; its device_id may be a device of that gateway.
@@ -177,12 +197,19 @@ class Validator:
             return Rejected("not_jpeg", f"body of {len(payload)} bytes lacks JPEG SOI/EOI markers",
                             addr.tenant, addr.device)
         try:
-            meta = frame_meta_from_pairs(props)
+            meta = frame_meta_strict(props)
         except ValidationError as exc:
             return Rejected(classify(exc, "bad_frame_meta"), error_summary(exc), addr.tenant, addr.device)
         if meta.jpeg_bytes != len(payload):
             return Rejected("bad_frame_meta", f"jpeg_bytes={meta.jpeg_bytes} but body has {len(payload)} bytes",
                             addr.tenant, addr.device)
+        try:
+            info = jpeg.inspect(payload)
+        except jpeg.JpegRejected as exc:
+            return Rejected(exc.reason, exc.detail, addr.tenant, addr.device)
+        if (info.width, info.height) != (meta.width, meta.height):
+            return Rejected("frame_size_mismatch", f"JPEG header {info.width}x{info.height} but FrameMeta "
+                            f"{meta.width}x{meta.height}", addr.tenant, addr.device)
         return self._common(addr, meta, props, True)
 
     def _common(self, addr: MqttAddress, event: Event, props: Sequence[tuple[str, str]],

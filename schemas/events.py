@@ -11,17 +11,57 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from citystream.schemas.ranges import RANGES, json_schema_rules
 
 SCHEMA_VERSION = 1
+INT64_MAX = 2**63 - 1
+"""Largest counter a contract carries (seq, byte and drop counts): fits every signed 64-bit consumer and
+ClickHouse's UInt64 columns, so ``seq - 1`` in a gap record fits too."""
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
 ID_NAMESPACE = uuid.UUID("6f1d3a7e-3c8b-5e43-9a55-2a1c0c1f7e10")
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 TENANT = r"^[a-z0-9-]{1,64}$"
+
+
+# RFC 3339 date-time (the JSON Schema ``date-time`` format), ASCII digits only.
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+                     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def _rfc3339(value: object) -> object:
+    """A datetime, or RFC 3339 text parsed by pydantic: no epoch numbers, no date-only or space-separated forms."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or RFC3339.fullmatch(value) is None:
+        raise PydanticCustomError("datetime_format", "timestamp must be an RFC 3339 date-time string like "
+                                  "2026-11-25T15:03:48.014Z")
+    try:
+        return _DATETIME.validate_python(value)
+    except ValidationError as exc:
+        raise PydanticCustomError("datetime_parsing", "Input should be a valid datetime: {error}",
+                                  {"error": exc.errors()[0]["msg"]}) from None
 
 
 def _utc_ms(value: datetime) -> datetime:
@@ -34,7 +74,8 @@ def _utc_ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-UtcMs = Annotated[datetime, AfterValidator(_utc_ms)]
+UtcMs = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_utc_ms)]
+Pixel = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]  # ClickHouse Array(Int32)
 
 
 class Stream(StrEnum):
@@ -77,17 +118,24 @@ class Event(Contract):
     """Fields every event carries."""
 
     event_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    schema_version: int = Field(SCHEMA_VERSION, ge=1)
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=65535)
     tenant: str = Field(pattern=TENANT, description="municipality, e.g. nakhon-rangsit")
     gateway_id: str = Field(pattern=NAME)
     device_id: str = Field(pattern=NAME)
-    seq: int = Field(ge=0, description="per-gateway, per-stream monotonically increasing counter")
+    seq: int = Field(ge=0, le=INT64_MAX, description="per-gateway, per-stream monotonically increasing counter")
     captured_at: UtcMs = Field(description="event time at the device, UTC, ms")
     district: str = Field("", max_length=128, description="where the device stands (Thai or English)")
 
 
 class SensorReading(Event):
-    """One measurement of one quantity by one sensor."""
+    """One measurement of one quantity by one sensor.
+
+    ``value`` must lie in its metric's range (``schemas.ranges``): part of the exported JSON Schema and
+    enforced by the strict reader (``schemas.strict.validate_json``) at the bridge and the sink, not by
+    this model, so code may still build and test an implausible reading.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"allOf": json_schema_rules()})
 
     kind: Literal["sensor_reading"] = "sensor_reading"
     metric: Metric
@@ -101,14 +149,18 @@ class SensorReading(Event):
         return v
 
 
+if set(RANGES) != {m.value for m in Metric}:  # pragma: no cover - caught by the unit tests
+    raise RuntimeError("schemas.ranges.RANGES must name every Metric exactly once")
+
+
 class FrameMeta(Event):
     """Metadata of one camera frame; the JPEG travels as the message body (MQTT user properties / Kafka headers)."""
 
     kind: Literal["frame_meta"] = "frame_meta"
     width: int = Field(ge=1, le=8192)
     height: int = Field(ge=1, le=8192)
-    jpeg_bytes: int = Field(ge=1)
-    motion_score: float = Field(ge=0.0)
+    jpeg_bytes: int = Field(ge=1, le=UINT32_MAX)
+    motion_score: float = Field(ge=0.0, le=1.0, description="fraction of the frame that changed")
     keyframe: bool = False
 
 
@@ -121,7 +173,7 @@ class PlateRead(Event):
     province: str = Field(max_length=64)
     plate_pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 per tenant")
     confidence: float = Field(ge=0.0, le=1.0)
-    bbox: tuple[int, int, int, int] = Field(description="x, y, w, h in frame pixels")
+    bbox: tuple[Pixel, Pixel, Pixel, Pixel] = Field(description="x, y, w, h in frame pixels")
     watchlist_hit: bool = False
 
 
@@ -131,8 +183,8 @@ class FaceMatch(Event):
     kind: Literal["face_match"] = "face_match"
     source_event_id: str
     watchlist_entry_id: str
-    distance: float = Field(ge=0.0, description="euclidean distance of 128-d embeddings")
-    bbox: tuple[int, int, int, int]
+    distance: float = Field(ge=0.0, le=100.0, description="euclidean distance of 128-d embeddings")
+    bbox: tuple[Pixel, Pixel, Pixel, Pixel]
 
 
 class Severity(StrEnum):
@@ -151,8 +203,8 @@ class Alert(Event):
     severity: Severity
     state: Literal["raised", "cleared"] = "raised"
     message: str = Field(max_length=1024)
-    value: float | None = None
-    threshold: float | None = None
+    value: float | None = Field(None, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False)
     source_event_id: str | None = None
 
 
@@ -171,12 +223,12 @@ class DeviceStatus(Event):
 
     kind: Literal["device_status"] = "device_status"
     state: DeviceState
-    queue_depth: int = Field(0, ge=0)
-    fps: float = Field(0.0, ge=0.0)
-    dropped: int = Field(0, ge=0)
-    spool_bytes: int = Field(0, ge=0)
-    gap_from_seq: int | None = None
-    gap_to_seq: int | None = None
+    queue_depth: int = Field(0, ge=0, le=UINT32_MAX)
+    fps: float = Field(0.0, ge=0.0, le=1000.0)
+    dropped: int = Field(0, ge=0, le=INT64_MAX)
+    spool_bytes: int = Field(0, ge=0, le=INT64_MAX)
+    gap_from_seq: int | None = Field(None, ge=0, le=INT64_MAX)
+    gap_to_seq: int | None = Field(None, ge=0, le=INT64_MAX)
     detail: str = Field("", max_length=1024)
 
 

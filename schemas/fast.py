@@ -3,14 +3,21 @@
 :func:`fast_reading` proves a JSON body a valid :class:`~citystream.schemas.events.SensorReading`
 with cheap checks, each as strict as or stricter than the contract, and returns its field values
 (:data:`Reading`, named by :data:`FIELDS`).
-Whatever it cannot prove valid (bad JSON, unknown or missing fields, an unusual timestamp form…)
-returns ``None``, meaning "not decided here": the caller validates with pydantic, which decides the
-poison / DLQ reason, so reasons never depend on the path. Guarantee: accepted here ⇒
-``SensorReading.model_validate_json`` accepts it, with the same values. Callers add their own checks
-(the bridge: topic and event id; the sink: column ranges).
+Whatever it cannot prove valid (bad JSON, unknown or missing fields, an unusual timestamp form, a
+repeated key, a value out of its metric's range…) returns ``None``, meaning "not decided here": the
+caller validates with pydantic (:func:`citystream.schemas.strict.validate_json`, strict mode plus a
+duplicate-key check), which decides the poison / DLQ reason, so reasons never depend on the path.
+Guarantee: accepted here ⇒ ``validate_json(SensorReading, body)`` accepts it, with the same values.
+Callers add their own checks (the bridge: topic and event id; the sink: column ranges).
+
+Duplicate keys cost no second parse: orjson keeps the last of two equal keys, so a body with a
+repeated key has more JSON strings than the parsed object. Every string of an accepted body is a key
+or a value without a ``"`` in it (checked), so it has exactly 2 quote characters per string; the
+body's quote count then proves that no key was repeated (one ``bytes.count``).
 
 The checks are written for the contract as it is (:data:`CONTRACT`: each field's type, default and
-constraints, plus the validators). If ``SensorReading`` differs from it, :data:`ENABLED` is False and
+constraints, plus the validators) and the range rule that ``validate_json`` adds
+(``schemas.ranges``). If ``SensorReading`` differs from it, :data:`ENABLED` is False and
 :func:`fast_reading` always returns ``None`` (everything takes the pydantic path) until this module
 is updated; a unit test fails meanwhile.
 """
@@ -24,23 +31,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from citystream.schemas.events import NAME, TENANT, Metric, SensorReading
+from citystream.schemas.events import INT64_MAX, NAME, TENANT, Metric, SensorReading
+from citystream.schemas.ranges import RANGES
 
 REQUIRED = PydanticUndefined
 _DISTRICT_MAX = 128
 # name -> (type, default, constraints) of the SensorReading fields the checks below implement.
 CONTRACT: dict[str, tuple[Any, Any, dict[str, Any]]] = {
     "event_id": (str, REQUIRED, {"pattern": r"^[0-9a-f-]{36}$"}),
-    "schema_version": (int, 1, {"ge": 1}),
+    "schema_version": (int, 1, {"ge": 1, "le": 65535}),
     "tenant": (str, REQUIRED, {"pattern": TENANT}),
     "gateway_id": (str, REQUIRED, {"pattern": NAME}),
     "device_id": (str, REQUIRED, {"pattern": NAME}),
-    "seq": (int, REQUIRED, {"ge": 0}),
-    "captured_at": (datetime, REQUIRED, {"after": "_utc_ms"}),
+    "seq": (int, REQUIRED, {"ge": 0, "le": INT64_MAX}),
+    "captured_at": (datetime, REQUIRED, {"before": "_rfc3339", "after": "_utc_ms"}),
     "district": (str, "", {"max_length": _DISTRICT_MAX}),
     "kind": (Literal["sensor_reading"], "sensor_reading", {}),
     "metric": (Metric, REQUIRED, {}),
@@ -64,6 +72,8 @@ def _constraints(info: FieldInfo) -> dict[str, Any]:
     for meta in info.metadata:
         if isinstance(meta, AfterValidator):
             out["after"] = getattr(meta.func, "__name__", repr(meta.func))
+        elif isinstance(meta, BeforeValidator):
+            out["before"] = getattr(meta.func, "__name__", repr(meta.func))
         elif dataclasses.is_dataclass(meta):
             out.update({f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)})
         else:
@@ -155,19 +165,19 @@ def fast_reading(raw: bytes) -> Reading | None:
     if type(doc) is not dict or not ENABLED or not _REQUIRED <= doc.keys() <= _ALLOWED:
         return None
     try:
-        return _checked(doc)
+        return _checked(raw, doc)
     except TypeError:  # an unhashable value (list, object) where a string belongs
         return None
 
 
-def _checked(doc: dict[str, Any]) -> Reading | None:
+def _checked(raw: bytes, doc: dict[str, Any]) -> Reading | None:
     if doc.get("kind", "sensor_reading") != "sensor_reading":
         return None
     event_id = doc["event_id"]
     if type(event_id) is not str or len(event_id) != 36 or event_id.strip(_EVENT_ID_CHARS):
         return None
     version = doc.get("schema_version", 1)
-    if type(version) is not int or version < 1:
+    if type(version) is not int or not 1 <= version <= 65535:
         return None
     tenant, gateway, device = doc["tenant"], doc["gateway_id"], doc["device_id"]
     # Memo sets hold only str, so a non-str never hits them and goes through ok()'s type check.
@@ -178,7 +188,7 @@ def _checked(doc: dict[str, Any]) -> Reading | None:
     if device not in _NAMES.seen and not _NAMES.ok(device):
         return None
     seq = doc["seq"]
-    if type(seq) is not int or seq < 0:
+    if type(seq) is not int or not 0 <= seq <= INT64_MAX:
         return None
     stamp = doc["captured_at"]
     captured = _STAMPS.get(stamp) if type(stamp) is str else None
@@ -198,4 +208,11 @@ def _checked(doc: dict[str, Any]) -> Reading | None:
             return None
     elif type(number) is not int:
         return None
+    bounds = RANGES[metric]
+    if not bounds.low <= number <= bounds.high:
+        return None
+    # Numbers: seq, value and schema_version when present; every other member is a string without '"'.
+    numbers = 3 if "schema_version" in doc else 2
+    if '"' in district or raw.count(b'"') != 4 * len(doc) - 2 * numbers:
+        return None  # a repeated key (or a quote escaped in the district): the full path decides
     return event_id, version, tenant, gateway, device, seq, captured, district, metric, number

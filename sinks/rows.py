@@ -1,7 +1,10 @@
 """Kafka record -> ClickHouse row: which table each topic feeds, the columns, and the Arrow schema.
 
-A record that fails its contract (bad JSON, schema mismatch, a value that does not fit its column)
-raises :class:`PoisonRecord`; the sink turns it into a DeadLetter (stage ``sink``) for the DLQ.
+Records are read with the strict contract (:func:`citystream.schemas.strict.validate_json`: no type
+coercion, no repeated keys, bounded integers, per-metric ranges), the same rules the bridge enforces,
+so a record that reached Kafka without the bridge is held to them too. A record that fails its
+contract (bad JSON, schema mismatch, a value that does not fit its column) raises
+:class:`PoisonRecord`; the sink turns it into a DeadLetter (stage ``sink``) for the DLQ.
 ``ingested_at`` is not set here: the sink stamps it on the whole batch when it builds the Arrow table.
 """
 
@@ -28,6 +31,7 @@ from citystream.schemas.events import (
     SensorReading,
     error_summary,
 )
+from citystream.schemas.strict import validate_json
 from citystream.sinks.fast import Values, reading_values
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,18 +160,23 @@ ROUTES: dict[str, Route] = {
 }
 
 
+# Errors that only say "a number beyond its bound" (a column's width, a metric's range): value_out_of_range.
+_BEYOND_BOUNDS = frozenset({"less_than_equal", "out_of_range"})
+
+
 def to_row(route: Route, value: bytes | None) -> Row:
     """Validate one record against its contract and map it to a row; raises PoisonRecord."""
     if value is None:
         raise PoisonRecord("empty_record", "record has no value")
     try:
-        event = route.model.model_validate_json(value)
+        event = validate_json(route.model, value)
     except ValidationError as exc:
         try:
             orjson.loads(value)
         except orjson.JSONDecodeError:
             raise PoisonRecord("not_json", error_summary(exc)) from exc
-        raise PoisonRecord("schema_mismatch", error_summary(exc)) from exc
+        reason = "value_out_of_range" if {e["type"] for e in exc.errors()} <= _BEYOND_BOUNDS else "schema_mismatch"
+        raise PoisonRecord(reason, error_summary(exc)) from exc
     except OverflowError as exc:  # a validator's arithmetic (e.g. UTC conversion of year 1 +01:00) is not wrapped
         raise PoisonRecord("schema_mismatch", f"value out of range: {exc}") from exc
     return route.to_row(event)

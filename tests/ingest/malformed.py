@@ -7,6 +7,7 @@ give it, covering every reason in ``citystream.ingest.validate.REASONS``.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -85,16 +86,61 @@ def jpeg(width: int = 32, height: int = 24, shade: int = 90) -> bytes:
     return out.getvalue()
 
 
-def frame(root: str, seq: int, body: bytes | None = None, camera: str = "cam-1", **meta_changes: Any) -> Msg:
-    """A valid frame message: JPEG body, FrameMeta as user properties."""
-    body = jpeg() if body is None else body
+def frame(root: str, seq: int, /, body: bytes | None = None, camera: str = "cam-1", size: tuple[int, int] = (32, 24),
+          extra_props: list[tuple[str, str]] | None = None, **meta_changes: Any) -> Msg:
+    """A valid frame message: JPEG body, FrameMeta as user properties (``extra_props`` are appended as given)."""
+    body = jpeg(*size) if body is None else body
     meta = FrameMeta(event_id=make_event_id(GATEWAY, "frame", seq), tenant=TENANT, gateway_id=GATEWAY,
-                     device_id=camera, seq=seq, captured_at=datetime.now(UTC), width=32, height=24,
+                     device_id=camera, seq=seq, captured_at=datetime.now(UTC), width=size[0], height=size[1],
                      jpeg_bytes=len(body), motion_score=0.25)
     pairs = dict(frame_meta_pairs(meta))
     pairs.update({k: str(v) for k, v in meta_changes.items()})
-    return Msg(mqtt_topic(root, TENANT, GATEWAY, "camera", camera, "frame"), body,
-               [(k, v) for k, v in pairs.items() if v != "<drop>"], event_id=meta.event_id)
+    props = [(k, v) for k, v in pairs.items() if v != "<drop>"] + list(extra_props or [])
+    return Msg(mqtt_topic(root, TENANT, GATEWAY, "camera", camera, "frame"), body, props, event_id=meta.event_id)
+
+
+def progressive_jpeg(width: int = 32, height: int = 24) -> bytes:
+    """A small real progressive JPEG (several scans)."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(out, format="JPEG", quality=80, progressive=True)
+    return out.getvalue()
+
+
+def _markers(data: bytes, marker: int) -> list[int]:
+    """Offsets of a marker in the header/scan structure (a plain byte search; fine for our small test JPEGs)."""
+    found, at = [], data.find(bytes([0xFF, marker]))
+    while at >= 0:
+        found.append(at)
+        at = data.find(bytes([0xFF, marker]), at + 2)
+    return found
+
+
+def with_sof_size(data: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0/SOF2) claiming another size."""
+    at = min(_markers(data, 0xC0) + _markers(data, 0xC2))
+    return data[:at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[at + 9:]
+
+
+def progressive_cut(data: bytes, scans_kept: int) -> bytes:
+    """A progressive JPEG with only its first ``scans_kept`` scans, then EOI (scans cut short)."""
+    return data[:_markers(data, 0xDA)[scans_kept]] + b"\xff\xd9"
+
+
+def status_doc(seq: int, gateway: str = GATEWAY, **changes: Any) -> dict[str, Any]:
+    """A valid DeviceStatus heartbeat as a dict."""
+    return {"event_id": make_event_id(gateway, "status", seq), "tenant": TENANT, "gateway_id": gateway,
+            "device_id": gateway, "seq": seq, "captured_at": now_iso(), "kind": "device_status", "state": "heartbeat",
+            **changes}
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    """Compact JSON like orjson's, but for integers of any size too."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def with_key(doc: dict[str, Any], key: str, raw_value: bytes) -> bytes:
+    """The document's JSON with ``key`` repeated at the end (orjson and pydantic would keep this last value)."""
+    return orjson.dumps(doc)[:-1] + b',"' + key.encode() + b'":' + raw_value + b"}"
 
 
 def _variants(root: str, i: int, max_reading: int, max_frame: int) -> dict[str, list[Msg]]:
@@ -104,9 +150,13 @@ def _variants(root: str, i: int, max_reading: int, max_frame: int) -> dict[str, 
     topic = mqtt_topic(root, TENANT, GATEWAY, "sensor", dev, "reading")
 
     def js(**changes: Any) -> bytes:
-        return orjson.dumps({**good, **changes})
+        return dumps({**good, **changes})
 
     without_seq = {k: v for k, v in good.items() if k != "seq"}
+    status_topic = mqtt_topic(root, TENANT, GATEWAY, "gateway", GATEWAY, "status")
+    sdoc = status_doc(seq)
+    prog = progressive_jpeg()
+    small = jpeg()
     return {
         "unknown_topic": [Msg(mqtt_topic(root, TENANT, GATEWAY, "sensor", dev, "frame"), js()),
                           Msg(mqtt_topic(root, TENANT, GATEWAY, "camera", dev, "reading"), js()),
@@ -119,9 +169,30 @@ def _variants(root: str, i: int, max_reading: int, max_frame: int) -> dict[str, 
         "non_finite": [Msg(topic, js().replace(b'"value":12.5', b'"value":' + tok))
                        for tok in (b"NaN", b"Infinity", b"-Infinity", b"1e999")]
         + [frame(root, seq, motion_score="NaN")],
+        "duplicate_key": [Msg(topic, with_key(good, "metric", b'"pm10_ug_m3"')),
+                          Msg(topic, with_key(good, "seq", b"%d" % seq)), Msg(topic, with_key(good, "value", b"12.5")),
+                          Msg(topic, with_key({**good, "value": 5000}, "value", b"1")),
+                          Msg(status_topic, with_key(sdoc, "state", b'"offline"'))],
+        "out_of_range": [Msg(topic, js(value=5000)), Msg(topic, js(value=1.79e308)), Msg(topic, js(value=-0.5)),
+                         Msg(topic, js(metric="humidity_pct", value=140)),
+                         Msg(topic, js(metric="temperature_c", value=-90)),
+                         Msg(topic, js(metric="noise_db_a", value=10**30))],
         "schema": [Msg(topic, orjson.dumps(without_seq)), Msg(topic, js(extra_field=1)), Msg(topic, js(metric="joy")),
                    Msg(topic, js(value="high")), Msg(topic, js(seq=-1)), Msg(topic, b"[1, 2, 3]"),
-                   Msg(topic, js(captured_at="2026-01-01T00:00:00")), Msg(topic, b"42")],
+                   Msg(topic, js(captured_at="2026-01-01T00:00:00")), Msg(topic, b"42"),
+                   # no coercion: the JSON Schema says number / RFC 3339 string / integer
+                   Msg(topic, js(value=True)), Msg(topic, js(value="220.1")), Msg(topic, js(value=None)),
+                   Msg(topic, js(captured_at=int(time.time() * 1000))), Msg(topic, js(seq=7.0)),
+                   Msg(topic, js(seq="7")),
+                   Msg(topic, js(metric=["pm25_ug_m3"])), Msg(topic, js(schema_version=True)),
+                   # bounded integers
+                   Msg(topic, js(seq=2**63)), Msg(topic, js(seq=2**64 - 1)),
+                   Msg(topic, js()[:-1].replace(b'"seq":%d' % seq, b'"seq":18446744073709551616') + b"}"),
+                   Msg(topic, js(schema_version=65_536)),
+                   Msg(status_topic, dumps({**sdoc, "queue_depth": 2**32})),
+                   Msg(status_topic, dumps({**sdoc, "fps": True})),
+                   Msg(status_topic, dumps({**sdoc, "dropped": "3"})),
+                   Msg(status_topic, dumps({**sdoc, "seq": 2**64}))],
         "topic_mismatch": [Msg(topic, js(device_id="someone-else")), Msg(topic, js(tenant="other-city")),
                            Msg(topic, js(gateway_id="gw-other", event_id=make_event_id("gw-other", "reading", seq)))],
         "bad_event_id": [Msg(topic, js(event_id=str(uuid.uuid4()))),
@@ -130,9 +201,30 @@ def _variants(root: str, i: int, max_reading: int, max_frame: int) -> dict[str, 
                        Msg(topic, js(captured_at="1970-01-01T00:00:00Z"))],
         "not_jpeg": [frame(root, seq, b"\x89PNG\r\n\x1a\n" + bytes(64)), frame(root, seq, jpeg()[:-2]),
                      frame(root, seq, b"not an image at all")],
+        "bad_jpeg": [frame(root, seq, small + small), frame(root, seq, small + b"trailer\xff\xd9"),
+                     frame(root, seq, small[:-2] + b"\x00\x00\xff\xd9\xff\xd9"),
+                     frame(root, seq, progressive_cut(prog, 1)), frame(root, seq, progressive_cut(prog, 3)),
+                     frame(root, seq, small[:2] + b"\xff\xd9"),
+                     frame(root, seq, small[:2] + b"\xff\xe0\x7f\xff\xff\xd9"),
+                     frame(root, seq, small[:min(_markers(small, 0xDA))] + b"\xff\xd9")],
+        "frame_too_large": [frame(root, seq, with_sof_size(small, 8192, 8192), size=(8192, 8192)),
+                            frame(root, seq, with_sof_size(prog, 4096, 4096), size=(4096, 4096))],
+        "frame_size_mismatch": [frame(root, seq, small, width="64"), frame(root, seq, small, height="25"),
+                                frame(root, seq, with_sof_size(small, 33, 24))],
         "bad_frame_meta": [frame(root, seq, width="0"), frame(root, seq, jpeg_bytes="7"),
                            frame(root, seq, height="tall"), frame(root, seq, event_id="<drop>"),
-                           Msg(frame(root, seq).topic, jpeg())],
+                           Msg(frame(root, seq).topic, jpeg()),
+                           # repeated, conflicting and unknown user properties; no coercion of their values
+                           frame(root, seq, extra_props=[("tenant", "other-city")]),
+                           frame(root, seq, extra_props=[("tenant", TENANT)]),
+                           frame(root, seq, extra_props=[("width", "32")]),
+                           frame(root, seq, extra_props=[("camera_secret", "x")]),
+                           frame(root, seq, extra_props=[("bridge_received_at", now_iso())]),
+                           frame(root, seq, width="32.0"), frame(root, seq, width=" 32"),
+                           frame(root, seq, keyframe="1"),
+                           frame(root, seq, keyframe="True"), frame(root, seq, motion_score="1.5"),
+                           frame(root, seq, motion_score="true"), frame(root, seq, **{"seq": str(2**64)}),
+                           frame(root, seq, captured_at=str(int(time.time())))],
     }
 
 

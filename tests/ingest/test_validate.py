@@ -117,10 +117,11 @@ def _variants() -> list[tuple[str, bytes, bool]]:
              ("1 digit", doc(captured_at=iso[:21] + "Z"), True), ("6 digits", doc(captured_at=iso + "Z"), True),
              ("offset", doc(captured_at=now.astimezone(timezone(timedelta(hours=7))).isoformat()), True),
              ("-00:00", doc(captured_at=iso + "-00:00"), True), ("int value", doc(value=3), True),
-             ("big int value", doc(value=10**19), True), ("huge float", doc(value=1e308), True),
+             ("top of range", doc(value=1000), True), ("bottom of range", doc(value=0.0), True),
              ("defaults", doc(district=_DROP, kind=_DROP, schema_version=_DROP), True),
              ("version 2", doc(schema_version=2), True), ("district 128", doc(district="ก" * 128), True),
-             ("duplicate key", doc()[:-1] + b',"seq":7}', True),
+             ("district with quote", doc(district='a"b'), False),
+             ("unicode escape", doc()[:-1] + b',"district":"\\u0022"}', False),
              ("skewed", doc(captured_at="2020-01-01T00:00:00Z"), True),
              ("year 1800", doc(captured_at="1800-01-01T00:00:00Z"), True),
              ("offset 23:59", doc(captured_at=iso + "+23:59"), True)]
@@ -138,9 +139,20 @@ def _variants() -> list[tuple[str, bytes, bool]]:
            "year 1": {"captured_at": "0001-01-01T00:00:00+01:00"},
            "space": {"captured_at": iso.replace("T", " ") + "Z"}, "7 digits": {"captured_at": iso + "1Z"},
            "offset minute 60": {"captured_at": iso + "+05:60"},
-           "year 9999 -01:00": {"captured_at": "9999-12-31T23:00:00-01:00"}}
+           "year 9999 -01:00": {"captured_at": "9999-12-31T23:00:00-01:00"},
+           # strict contract: no coercion, bounded integers, per-metric ranges
+           "big int value": {"value": 10**19}, "huge float": {"value": 1.79e308}, "pm25 5000": {"value": 5000},
+           "below range": {"value": -0.001}, "humidity 100.5": {"metric": "humidity_pct", "value": 100.5},
+           "value str number": {"value": "220.1"}, "epoch ms": {"captured_at": 1796667452521},
+           "epoch in string": {"captured_at": "1796667452"}, "date only": {"captured_at": "2026-11-25"},
+           "seq 2^63": {"seq": 2**63}, "seq 2^64-1": {"seq": 2**64 - 1}, "version 65536": {"schema_version": 65536}}
     return valid + [(name, doc(**changes), False) for name, changes in odd.items()] + [
-        ("NaN", doc()[:-1].rsplit(b":", 1)[0] + b":NaN}", False), ("list", b"[1]", False), ("not utf8", b"\xff", False)]
+        ("NaN", doc()[:-1].rsplit(b":", 1)[0] + b":NaN}", False), ("list", b"[1]", False), ("not utf8", b"\xff", False),
+        ("duplicate key", doc()[:-1] + b',"seq":7}', False),
+        ("duplicate metric", doc()[:-1] + b',"metric":"pm10_ug_m3"}', False),
+        ("duplicate value", doc()[:-1] + b',"value":12.5}', False),
+        ("duplicate by escape", doc()[:-1] + b',"\\u0073eq":7}', False),
+        ("seq 2^64", doc()[:-1].replace(b'"seq":7', b'"seq":18446744073709551616') + b"}", False)]
 
 
 _DROP = object()

@@ -12,12 +12,16 @@ from citystream.schemas import export
 from citystream.schemas.events import (
     DeadLetter,
     FrameMeta,
+    Metric,
     SensorReading,
     derived_event_id,
     error_summary,
     make_event_id,
 )
+from citystream.schemas.ranges import RANGES, out_of_range
+from citystream.schemas.strict import frame_meta_strict, validate_json
 from citystream.schemas.wire import frame_meta_from_pairs, frame_meta_pairs, to_json
+from citystream.settings.worker import DEFAULT_RANGES
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +108,55 @@ def test_exported_json_schemas_match_the_models() -> None:
     assert set(files) == {p.name for p in export.OUT_DIR.glob("*.json")}, "run python -m citystream.schemas.export"
     for name, data in files.items():
         assert (export.OUT_DIR / name).read_bytes() == data, f"{name} drifted: run python -m citystream.schemas.export"
+
+
+# --- strict contracts (issue 15) --------------------------------------------------------------------
+def _strict_error(model: type[SensorReading] | type[FrameMeta], raw: bytes) -> str:
+    with pytest.raises(ValidationError) as caught:
+        validate_json(model, raw)
+    return str(caught.value.errors()[0]["type"])
+
+
+def test_the_strict_reader_refuses_coercion_repeated_keys_and_implausible_values() -> None:
+    good = orjson.loads(reading().model_dump_json())
+    assert validate_json(SensorReading, orjson.dumps(good)) == reading()
+    for change in ({"value": True}, {"value": "41.5"}, {"seq": "5"}, {"seq": 5.0}, {"metric": 1},
+                   {"captured_at": 1796667452521}, {"captured_at": "1796667452"}, {"captured_at": "2026-01-05"},
+                   {"captured_at": "2026-01-05 08:00:00Z"}, {"seq": 2**63}, {"schema_version": 65_536}):
+        assert _strict_error(SensorReading, orjson.dumps({**good, **change})) != "", change
+    assert _strict_error(SensorReading, orjson.dumps(good)[:-1] + b',"metric":"noise_db_a"}') == "duplicate_key"
+    assert _strict_error(SensorReading, orjson.dumps({**good, "value": 5000})) == "out_of_range"
+    assert _strict_error(SensorReading, orjson.dumps({**good, "value": 1.79e308})) == "out_of_range"
+    # the lax model (Python code, the worker) still refuses epoch numbers and non-RFC 3339 text for time
+    with pytest.raises(ValidationError):
+        SensorReading.model_validate_json(orjson.dumps({**good, "captured_at": 1796667452521}))
+
+
+def test_the_one_range_rule_is_exported_and_matches_the_workers_defaults() -> None:
+    assert set(RANGES) == {m.value for m in Metric}
+    rules = orjson.loads(export.rendered()["sensor_reading.json"])["allOf"]
+    exported = {r["if"]["properties"]["metric"]["const"]: r["then"]["properties"]["value"] for r in rules}
+    assert exported == {m: {"minimum": b.low, "maximum": b.high} for m, b in RANGES.items()}
+    # the worker's configurable ranges default to the same rule (it reads readings the bridge already checked)
+    assert {m: (r.low, r.high) for m, r in DEFAULT_RANGES.items()} == {m: tuple(b) for m, b in RANGES.items()}
+    assert out_of_range("pm25_ug_m3", 1000.0) is None and out_of_range("pm25_ug_m3", 1000.1) is not None
+
+
+def test_frame_meta_properties_are_read_strictly() -> None:
+    meta = FrameMeta(event_id=make_event_id("gw-1", "frame", 2), tenant="nakhon-rangsit", gateway_id="gw-1",
+                     device_id="cam-1", seq=2, captured_at=datetime(2026, 1, 5, 8, 0, tzinfo=UTC), width=640,
+                     height=480, jpeg_bytes=81234, motion_score=0.42, keyframe=True)
+    pairs = frame_meta_pairs(meta)
+    assert frame_meta_strict(pairs) == meta == frame_meta_strict(dict(pairs))
+    problems = {"repeated": [*pairs, ("tenant", "other-city")], "same twice": [*pairs, ("width", "640")],
+                "unknown": [*pairs, ("colour", "red")]}
+    edits = {"width": ["640.0", " 640", "0x280", "true", "6.4e2"], "keyframe": ["1", "True", "yes"],
+             "motion_score": ["NaN", "1.5", "true", "'0.4'"], "seq": [str(2**64), "-1"],
+             "captured_at": ["1796667452", "2026-01-05"]}
+    for name, values in edits.items():
+        for value in values:
+            problems[f"{name}={value}"] = [(k, value if k == name else v) for k, v in pairs]
+    for label, bad in problems.items():
+        with pytest.raises(ValidationError):
+            frame_meta_strict(bad)
+        assert label

@@ -39,6 +39,16 @@ def test_every_event_kind_maps_to_its_table_with_the_full_arrow_schema() -> None
     (b'{"kind": "sensor_reading"}', "schema_mismatch", "event_id"),
     (json.dumps({**orjson.loads(reading(1).model_dump_json()), "seq": 2**64}).encode(), "value_out_of_range", "seq"),
     (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "value": "NaN"}), "schema_mismatch", "value"),
+    # the strict contract: no coercion, bounded integers, per-metric ranges, no repeated keys
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "value": True}), "schema_mismatch", "value"),
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "value": "220.1"}), "schema_mismatch", "value"),
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "captured_at": 1796667452521}), "schema_mismatch",
+     "captured_at"),
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "schema_version": 65_536}), "value_out_of_range",
+     "schema_version"),
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "value": 5000}), "value_out_of_range", "outside"),
+    (orjson.dumps({**orjson.loads(reading(1).model_dump_json()), "value": 1.79e308}), "value_out_of_range", "outside"),
+    (reading(1).model_dump_json().encode()[:-1] + b',"metric":"noise_db_a"}', "schema_mismatch", "duplicate key"),
 ])
 def test_poison_records_have_a_reason_and_detail(value: bytes | None, reason: str, detail: str) -> None:
     with pytest.raises(PoisonRecord) as caught:
