@@ -12,7 +12,9 @@ is acknowledged only after its outputs were handed to the producer, and Faust fl
 producer before it commits offsets. After a crash the
 uncommitted frames are read again and give the same ``event_id``s (``derived_event_id`` over the
 frame's id, kind and index), which the sink de-duplicates. Bad frames (headers, empty, truncated,
-oversized) become DeadLetters with their original bytes; a crashed vision process is replaced.
+oversized, corrupt — any libjpeg warning —, bytes after EOI, a size other than FrameMeta's; see
+:mod:`citystream.processors.vision`) become DeadLetters with their original bytes; a crashed vision
+process is replaced.
 
 Privacy: plate text leaves only with its keyed pseudonym; face templates stay in the vision
 process and only watchlist hits come back (see :mod:`citystream.processors.faces`).
@@ -71,8 +73,11 @@ def _box(bbox: tuple[int, ...]) -> tuple[int, int, int, int]:
 
 
 def analyse_frame(jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
-                  upsample: int) -> FrameResult:
-    """Decode one frame and read its plates and watchlisted faces (runs in a vision process)."""
+                  upsample: int, expected: tuple[int, int] | None = None) -> FrameResult:
+    """Decode one frame (strictly, of the ``expected`` FrameMeta size) and read its plates and watchlisted faces.
+
+    Runs in a vision process; see :mod:`citystream.processors.vision` for what is rejected before analysis.
+    """
     import time
 
     from citystream.processors.faces import analyse_faces
@@ -80,7 +85,7 @@ def analyse_frame(jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], 
 
     started = time.perf_counter()
     try:
-        bgr = decode(jpeg, max_pixels)
+        bgr = decode(jpeg, max_pixels, expected)
     except FrameRejected as exc:
         return FrameResult(rejected=(exc.reason, exc.detail))
     try:
@@ -117,13 +122,13 @@ class VisionPool:
         return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
 
     async def run(self, jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
-                  upsample: int) -> FrameResult:
+                  upsample: int, expected: tuple[int, int] | None = None) -> FrameResult:
         """Analyse one frame in the pool; a crashed process gives a ``vision_crashed`` rejection."""
         loop = asyncio.get_running_loop()
         executor = self.executor
         try:
             return await loop.run_in_executor(executor, analyse_frame, jpeg, max_pixels, templates, threshold,
-                                              upsample)
+                                              upsample, expected)
         except BrokenProcessPool:
             if executor is self.executor:
                 log.error("vision process died; starting a new pool", extra={"processes": self.processes})
@@ -205,7 +210,8 @@ async def analyse(ctx: Any, frame: Frame) -> tuple[FrameResult, list[Any], Any]:
         return FrameResult(rejected=("bad_frame_meta", frame.error)), [], index
     entries, templates = index.face_templates(frame.meta.tenant, datetime.now(UTC))
     w = ctx.settings.worker
-    result = await ctx.pool.run(frame.jpeg, w.max_frame_pixels, templates, w.face_threshold, w.face_upsample)
+    result = await ctx.pool.run(frame.jpeg, w.max_frame_pixels, templates, w.face_threshold, w.face_upsample,
+                                (frame.meta.width, frame.meta.height))
     return result, entries, index
 
 

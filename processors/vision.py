@@ -1,23 +1,58 @@
-"""Frame decoding with guards: hostile or broken JPEGs are rejected before they cost memory or CPU.
+"""Strict frame decoding: a frame is analysed only if it is one JPEG that decodes cleanly and completely.
 
-:func:`check_jpeg` reads only the JPEG markers: empty input, a missing SOI, a header declaring a
-zero dimension or more pixels than allowed (a 20000×20000 header in a few hundred bytes), and a
-stream without its EOI marker (truncated in transit) are rejected with a machine-readable
-reason. :func:`decode` then lets OpenCV decode what passed. A :class:`FrameRejected` becomes a
-dead letter in the worker; it never stops the stage.
+Who rejects what, and why there:
+
+- **bridge** (``ingest.validate`` with :func:`citystream.schemas.jpeg.inspect`, markers only, no pixel
+  decoded — it must keep up with the broker): no SOI/EOI, broken or incomplete marker structure,
+  bytes after the first EOI, progressive scans cut short, a header size that differs from FrameMeta's,
+  a decompression bomb (far more pixels than the file's size can hold). Those never reach Kafka.
+- **worker** (here, in a vision process, before any detector runs): everything the bridge checks,
+  again (a record can reach ``raw.frames`` without the bridge), then the pixel budget from the
+  header *before* decoding, then a decode in which **every libjpeg warning is an error**
+  (``corrupt_jpeg``): corrupt entropy-coded data, scan data cut short and closed by an appended EOI
+  ("premature end of data segment") — OpenCV prints such a warning and returns a grey-filled image,
+  which the marker walk cannot see. Last, the decoded size must equal FrameMeta's.
+
+Reasons (DeadLetter ``reason``, stage ``worker``): ``empty_frame``, ``not_jpeg``, ``bad_jpeg_header``,
+``zero_size``, ``frame_too_large`` (header above ``worker.max_frame_pixels`` or above
+``schemas.jpeg.MAX_PIXELS_PER_BYTE`` per byte), ``truncated_jpeg``, ``undecodable``, ``corrupt_jpeg``,
+``bad_jpeg`` (marker structure), ``frame_size_mismatch``.
+
+How warnings are seen: libjpeg (inside OpenCV) reports a warning by writing one line to the process's
+standard error (file descriptor 2); OpenCV has no switch to fail on it. :func:`decode` points fd 2 at
+a private file for the length of one ``imdecode`` call (under a lock, so decodes in one process do not
+interleave), reads what libjpeg wrote, and writes it back to the real stderr so nothing is hidden.
+Only lines libjpeg writes ("Corrupt JPEG data…", "Premature end of JPEG file", "Invalid JPEG file
+structure…", "Warning…") count; a canary test (tests/processors/test_decode.py) fails if a known
+corrupt JPEG stops being caught, e.g. after an OpenCV upgrade that silences libjpeg.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+from citystream.schemas import jpeg as jpeg_contract
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
 # Start-of-frame markers carry the dimensions (C4 = DHT, C8 = JPG, CC = DAC are not SOFs).
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# What libjpeg(-turbo) writes for a warning (jerror.h: JWRN_* texts, plus "Corrupt JPEG data: " prefixes).
+LIBJPEG_WARNING = re.compile(rb"Corrupt JPEG data|Premature end of JPEG file|Invalid JPEG file structure|"
+                             rb"Warning|Inconsistent progression sequence|Unsupported marker|"
+                             rb"Application transferred too few scanlines")
 
 
 class FrameRejected(Exception):
@@ -57,7 +92,7 @@ def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
 
 
 def check_jpeg(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """Validate the JPEG container cheaply; return (width, height) or raise FrameRejected."""
+    """Validate the JPEG container and pixel budget cheaply (before decoding); return (width, height) or raise."""
     if not data:
         raise FrameRejected("empty_frame", "frame has no bytes")
     if not data.startswith(SOI):
@@ -70,16 +105,69 @@ def check_jpeg(data: bytes, max_pixels: int) -> tuple[int, int]:
         raise FrameRejected("zero_size", f"header declares {width}x{height}")
     if width * height > max_pixels:
         raise FrameRejected("frame_too_large", f"header declares {width}x{height} > {max_pixels} pixels")
-    if not data.rstrip(b"\x00").endswith(EOI):
+    if width * height > len(data) * jpeg_contract.MAX_PIXELS_PER_BYTE:
+        raise FrameRejected("frame_too_large", f"header declares {width}x{height} in only {len(data)} bytes "
+                            f"(decompression bomb: > {jpeg_contract.MAX_PIXELS_PER_BYTE} pixels per byte)")
+    if not data.rstrip(b"\x00").endswith(EOI):  # zero padding after EOI is refused later, as bad_jpeg
         raise FrameRejected("truncated_jpeg", f"no end-of-image marker in {len(data)} bytes")
     return width, height
 
 
-def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
-    """A BGR image from JPEG bytes, or FrameRejected."""
+_CAPTURE_LOCK = threading.Lock()
+_capture_file: IO[bytes] | None = None
+
+
+@contextmanager
+def libjpeg_messages() -> Iterator[list[bytes]]:
+    """Collect what native code writes to fd 2 inside the block (then echoed to the real stderr)."""
+    global _capture_file
+    with _CAPTURE_LOCK:
+        if _capture_file is None:
+            _capture_file = tempfile.TemporaryFile()  # one per process, reused
+        sink = _capture_file
+        sink.seek(0)
+        sink.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        found: list[bytes] = []
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield found
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if os.fstat(sink.fileno()).st_size:
+                sink.seek(0)
+                text = sink.read()
+                os.write(2, text)
+                found.extend(line for line in text.splitlines() if LIBJPEG_WARNING.search(line))
+
+
+def decode(data: bytes, max_pixels: int, expected: tuple[int, int] | None = None, *,
+           strict: bool = True) -> NDArray[np.uint8]:
+    """A BGR image from one clean, complete JPEG of the ``expected`` (width, height), or FrameRejected.
+
+    ``strict=False`` (offline tools reading people's photos, which may carry a trailer after EOI) keeps
+    the budget and header checks but accepts what OpenCV decodes despite warnings or trailing bytes.
+    """
     width, height = check_jpeg(data, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if expected is not None and (width, height) != expected:
+        raise FrameRejected("frame_size_mismatch", f"JPEG header {width}x{height} but FrameMeta "
+                            f"{expected[0]}x{expected[1]}")
+    with libjpeg_messages() as warnings:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise FrameRejected("undecodable", f"OpenCV could not decode {len(data)} bytes ({width}x{height} header)")
+    if not strict:
+        return image  # type: ignore[no-any-return]
+    if warnings:
+        raise FrameRejected("corrupt_jpeg", "libjpeg: " + "; ".join(w.decode(errors="replace") for w in warnings)[:900])
+    try:
+        jpeg_contract.inspect(data)  # what decoding does not complain about: bytes after EOI, missing scans
+    except jpeg_contract.JpegRejected as exc:
+        raise FrameRejected(exc.reason, exc.detail) from None
+    if image.shape[1] != width or image.shape[0] != height:
+        raise FrameRejected("frame_size_mismatch",
+                            f"decoded {image.shape[1]}x{image.shape[0]}, header {width}x{height}")
     bgr: NDArray[np.uint8] = image
     return bgr
