@@ -35,6 +35,8 @@ Reasons (``REASONS``, the ``reason`` label of ``citystream_bridge_dlq_total``):
 - ``frame_too_large``: a JPEG header declaring far more pixels than its size can hold (decompression bomb).
 - ``frame_size_mismatch``: the JPEG header's width/height differ from FrameMeta's.
 - ``bad_frame_meta``: FrameMeta user properties missing/invalid/repeated/unknown, or ``jpeg_bytes`` != body size.
+- ``bad_properties``: a reading or status whose MQTT user properties (passed on as Kafka headers, e.g.
+  for tracing) repeat a name or use the bridge's own ``bridge_received_at``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from citystream.settings.bridge import BridgeSettings
 
 REASONS = ("unknown_topic", "oversized", "not_json", "non_finite", "duplicate_key", "out_of_range", "schema",
            "topic_mismatch", "bad_event_id", "clock_skew", "not_jpeg", "bad_jpeg", "frame_too_large",
-           "frame_size_mismatch", "bad_frame_meta")
+           "frame_size_mismatch", "bad_frame_meta", "bad_properties")
 RECEIVED_HEADER = "bridge_received_at"
 JPEG_START = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
@@ -140,6 +142,16 @@ def fast_reading_fields(payload: bytes, addr: MqttAddress) -> tuple[int, float] 
     return seq, captured_ms / 1000  # = the contract's captured_at.timestamp() (both correctly rounded)
 
 
+def _property_problem(props: Sequence[tuple[str, str]]) -> str:
+    """Why these user properties of a reading/status cannot become Kafka headers, or ''."""
+    names = [k for k, _ in props]
+    if RECEIVED_HEADER in names:
+        return f"user property {RECEIVED_HEADER!r} is the bridge's own header"
+    if len(set(names)) != len(names):
+        return f"user property names repeat: {sorted(k for k in set(names) if names.count(k) > 1)}"[:300]
+    return ""
+
+
 def received_at(now: float) -> str:
     """The ``bridge_received_at`` header value for an epoch time."""
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -165,6 +177,10 @@ class Validator:
             return Rejected("oversized", f"{len(payload)} bytes > limit {limit}", addr.tenant, addr.device)
         if addr.stream == "frame":
             return self._frame(addr, payload, props)
+        if props:
+            problem = _property_problem(props)
+            if problem:
+                return Rejected("bad_properties", problem, addr.tenant, addr.device)
         if addr.stream == "reading":
             fast = fast_reading_fields(payload, addr)
             if fast is not None:

@@ -206,6 +206,11 @@ def _props(msg: Msg, edit: Callable[[list[tuple[str, str]]], list[tuple[str, str
     return msg
 
 
+def _with_props(msg: Msg, props: list[tuple[str, str]]) -> Msg:
+    msg.props = props
+    return msg
+
+
 def _without(m: _Maker, name: str) -> Msg:
     doc, topic = m.doc()
     return Msg(topic, dumps({k: v for k, v in doc.items() if k != name}))
@@ -305,6 +310,9 @@ FAMILIES: dict[str, tuple[Callable[[_Maker], Any], str]] = {
     "topic mismatch": (_mismatch, "topic_mismatch"),
     "bad event id": (_bad_event_id, "bad_event_id"),
     "oversized reading": (_oversized, "oversized"),
+    "reading with user properties": (lambda m: _with_props(m.reading(), m.rng.choice(
+        [[("bridge_received_at", now_iso())], [("trace", "1"), ("trace", "1")], [("a", "1"), ("a", "2")]])),
+        "bad_properties"),
     "status duplicate key": (lambda m: Msg(m.status().topic, m.status().payload[:-1] + b',"state":"offline"}'),
                              "duplicate_key"),
     "status beyond bounds": (lambda m: m.status(**m.rng.choice([

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from citystream.schemas import fast
 from citystream.schemas.events import SensorReading, make_event_id
 from citystream.schemas.fast import FIELDS, fast_reading, matches_contract
+from citystream.schemas.ranges import RANGES
 from citystream.schemas.strict import validate_json
 
 pytestmark = pytest.mark.unit
@@ -75,6 +76,18 @@ CASES: list[bytes | None] = [
     body()[:-1] + b',"seq":18446744073709551615}', body(district="😀" * 128), body(district="😀" * 129),
     body(tenant="nakhon١"), body(device_id="pm\u00a001"), body(kind="sensor_reading"), body(metric=["pm25_ug_m3"]),
     body()[:-1] + b',"tenant":"x","tenant":"nakhon-rangsit"}', b'{"kind":"sensor_reading"}', b"{}", b"null",
+    # added with the strict contract (issue 15): repeated keys (same or other value, escaped spellings), quotes
+    # in text, range edges per metric, the int64 bound of seq, the UInt16 bound of schema_version
+    body()[:-1] + b',"seq":3}', body()[:-1] + b',"value":41.5}', b'{"seq":3,' + body()[1:],
+    body()[:-1] + b',"metric":"noise_db_a"}', body()[:-1] + b',"\\u0073eq":3}',
+    body()[:-1] + b',"kind":"sensor_reading"}',
+    body(district='a"b'), body()[:-1].replace(b'"district":"', b'"district":"\\u0022', 1) + b"}",
+    body(district="\\"), body()[:-1] + b',"district":"x","district":"x"}',
+    *[body(metric=m, value=v) for m, (low, high) in RANGES.items()
+      for v in (low, high, low - 0.001, high + 0.001, int(low), int(high) + 1, -0.0)],
+    body(value=5000), body(value=1.79e308), body(value=-1e-300),
+    body(seq=2**63 - 1), body(seq=2**63), body(schema_version=65_535), body(schema_version=65_536),
+    body(value=True), body(value="220.1"), body(captured_at=1796667452521), body(captured_at="1796667452"),
 ]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
