@@ -13,8 +13,16 @@ of Kafka loses it (Mosquitto's own limits are listed below).
   client id, so messages published while the bridge is down or restarting wait in Mosquitto and
   unacked ones are redelivered on reconnect (same client id!). A crash (``kill -9``) loses nothing;
   records Kafka confirmed but whose PUBACK was not sent yet arrive again: duplicates.
-- What Mosquitto keeps for a stopped bridge is bounded by its own settings: messages published
-  before the group's first SUBACK ever (no session yet) are not stored; beyond
+- Readiness: Mosquitto 2.0 restores a persistent session after a restart but not its ``$share``
+  subscription, and it PUBACKs and drops a message no subscription matches. So once its subscription
+  is acknowledged, the bridge publishes ``{root}/_bridge/ready`` (QoS 0, not retained) every
+  ``bridge.ready_interval_s``, and gateways publish nothing on a connection before they have seen
+  one (``gateway.wait_for_bridge``): an announcement received on a gateway's connection was sent
+  after some bridge subscribed in this broker's lifetime, and a subscription, once made, stays in
+  its session while the broker runs. This covers the first start, a clean broker restart, a broker
+  crash and any number of replicas on the share. Publishers that ignore the announcement (not
+  citystream gateways) can still lose messages sent before the first bridge re-subscribes.
+- What Mosquitto keeps for a stopped bridge is bounded by its own settings: beyond
   ``max_queued_messages``/``max_queued_bytes`` per session Mosquitto drops (the stack sets them
   high); after ``session_expiry_s`` offline the session and its queue are gone. With shared
   subscriptions Mosquitto keeps giving a stopped replica its share until its session expires:
@@ -59,6 +67,7 @@ from functools import partial
 from types import FrameType
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -76,7 +85,13 @@ from citystream.ingest.seqtrack import Gap, SeqTracker
 from citystream.ingest.validate import RECEIVED_HEADER, Accepted, Rejected, Validator, received_at
 from citystream.metrics import serve_metrics
 from citystream.schemas.events import DeadLetter, DeviceStatus, derived_event_id, make_event_id
-from citystream.schemas.topics import DEVICE_STATUS, DLQ, KAFKA_TOPIC_OF_STREAM, mqtt_subscription
+from citystream.schemas.topics import (
+    DEVICE_STATUS,
+    DLQ,
+    KAFKA_TOPIC_OF_STREAM,
+    bridge_ready_topic,
+    mqtt_subscription,
+)
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings
 
@@ -130,6 +145,8 @@ class Bridge:
         self._connected = False
         self._backoff = 0.5
         self._started = False
+        self._next_ready = 0.0
+        self.ready_topic = bridge_ready_topic(settings.mqtt.topic_root)
         self.mqtt = self._make_client()
 
     # --- MQTT side -----------------------------------------------------------------------------
@@ -177,6 +194,7 @@ class Bridge:
             return
         self.subscribed.set()
         self.metrics.subscribed.set(1)
+        self._next_ready = 0.0  # announce at once: gateways wait for it
         log.info("mqtt subscribed", extra={"client_id": self.client_id, "granted_qos": [r.value for r in reasons]})
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
@@ -334,12 +352,22 @@ class Bridge:
         if readable and not self._read_burst():
             return
         self.out.poll(FULL_WAIT_S if full else 0.0)
+        self._announce()
         self._flush_acks()
         if self.mqtt.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
         if full:
             self.metrics.blocked.inc(time.monotonic() - started)
         self._update_gauges()
+
+    def _announce(self) -> None:
+        """Tell gateways (every ``ready_interval_s``) that this bridge's subscription is in place."""
+        now = time.monotonic()
+        if not self.subscribed.is_set() or now < self._next_ready:
+            return
+        self._next_ready = now + self.settings.bridge.ready_interval_s
+        body = orjson.dumps({"client_id": self.client_id, "share_group": self.settings.bridge.share_group})
+        self.mqtt.publish(self.ready_topic, body, qos=0, retain=False)
 
     def _update_gauges(self) -> None:
         self.metrics.flush()

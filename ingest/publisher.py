@@ -7,9 +7,19 @@ callbacks, reconnects and publishes never race. Every message is already in the 
 ``max_queued_messages`` is set to the same bound and a ``MQTT_ERR_QUEUE_SIZE`` answer simply leaves
 the row in the spool). A row bigger than the broker's Maximum Packet Size is dropped and counted
 (``too_large``) instead of blocking the spool forever. A row is deleted from the spool
-only when its PUBACK arrives. On a lost connection paho keeps its unacknowledged messages and sends
-them again first after the reconnect (with DUP), then the spool backlog follows in order; after a
-restart the whole spool is published again.
+only when its PUBACK arrives. A lost connection forgets what was in flight: the next connection uses
+a fresh paho client (paho would resend its unacknowledged messages at once, before the bridge
+announcement below) and feeds the spool again from its oldest row, in order; after a restart the
+whole spool is published again.
+
+Bridge readiness: with ``gateway.wait_for_bridge`` (default) the publisher subscribes to
+``{root}/_bridge/ready`` on every connection and feeds nothing until a bridge announcement arrives
+on that connection. A broker PUBACKs and drops a message that no subscription matches — and
+Mosquitto 2.0 does not restore the bridge's shared subscription after a restart — so publishing
+before a bridge has re-subscribed would lose messages the gateway already deleted. Meanwhile
+captures wait in the spool (``spooled_total``); ``citystream_gateway_bridge_ready`` shows the state,
+and a warning is logged every ``gateway.bridge_wait_warn_s`` (no bridge running, or an ACL that
+does not let this gateway read the topic).
 
 Delivery guarantee: at-least-once per message, in spool (= capture) order per gateway; duplicates
 (a PUBACK lost with the connection, a crash between PUBACK and delete) carry the same ``event_id``
@@ -34,6 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from citystream.ingest.spool import Spool, Spooled
+from citystream.schemas.topics import bridge_ready_topic
 from citystream.settings import MqttSettings
 from citystream.settings.gateway import GatewaySettings
 
@@ -68,6 +79,8 @@ class GatewayMetrics:
         self.spool_messages = Gauge("citystream_gateway_spool_messages", "Messages waiting in the disk spool",
                                     registry=registry)
         self.connected = Gauge("citystream_gateway_connected", "Gateways connected to the broker", registry=registry)
+        self.bridge_ready = Gauge("citystream_gateway_bridge_ready", "Gateways that saw a bridge announcement on "
+                                  "their current connection (they publish only then)", registry=registry)
         self.cameras_up = Gauge("citystream_gateway_cameras_up", "Cameras delivering frames", registry=registry)
 
 
@@ -101,9 +114,15 @@ class Publisher:
         self._denied_logged = 0
         self._will = will
         self._will_needed = True
+        self._last_will: tuple[str, bytes] | None = None
+        self._fresh_client = False
         self._closing = False
         self._max_packet = 0
         self._window = gateway.window
+        self._ready_topic = bridge_ready_topic(mqtt_settings.topic_root)
+        self.bridge_ready = not gateway.wait_for_bridge
+        self._connected_at = 0.0
+        self._next_wait_warning = 0.0
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -120,12 +139,13 @@ class Publisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     @property
     def window_full(self) -> bool:
-        """True when the in-flight window is full or there is no connection (new messages wait in the spool)."""
-        return not self.connected or len(self._inflight) >= self._window
+        """True when new messages wait in the spool: no connection, no bridge yet, or the in-flight window is full."""
+        return not self.connected or not self.bridge_ready or len(self._inflight) >= self._window
 
     # -- paho callbacks (all run in the publisher thread) --------------------------------------------------------
 
@@ -149,11 +169,27 @@ class Publisher:
         self._backoff = self.gateway.reconnect_min_s
         self._replay_upto = max(self._replay_upto, self.spool.last_id)
         self.metrics.connected.inc()
+        if self.gateway.wait_for_bridge:
+            self.bridge_ready = False
+            self._connected_at = time.monotonic()
+            self._next_wait_warning = self._connected_at + self.gateway.bridge_wait_warn_s
+            client.subscribe(self._ready_topic, qos=0)
         log.info("mqtt connected", extra={"host": self.mqtt.host, "port": self.mqtt.port,
                                           "gateway": self.gateway.gateway_id, "spooled": self.spool.count})
         self.connack.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self._ready_topic or self.bridge_ready:
+            return
+        self.bridge_ready = True
+        self.metrics.bridge_ready.inc()
+        log.info("bridge ready; publishing", extra={"gateway": self.gateway.gateway_id, "spooled": self.spool.count,
+                                                    "waited_s": round(time.monotonic() - self._connected_at, 3)})
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self.connected and self.gateway.wait_for_bridge and self.bridge_ready:
+            self.bridge_ready = False
+            self.metrics.bridge_ready.dec()
         if self.connected:
             self.metrics.connected.dec()
             if not self._closing:
@@ -162,6 +198,7 @@ class Publisher:
         self.connected = False
         self._socket_open = False
         self._next_attempt = time.monotonic() + self._backoff
+        self._fresh_client = True
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         entry = self._inflight.pop(mid, None)
@@ -190,10 +227,18 @@ class Publisher:
         """One (re)connect attempt; failures schedule the next with exponential backoff."""
         self._next_attempt = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.gateway.reconnect_max_s)
-        if self._will is not None and self._will_needed:
-            topic, payload = self._will()
-            self.client.will_set(topic, payload, qos=1, retain=False)
+        if self._fresh_client:
+            # Unacknowledged rows are still in the spool: feed them again, oldest first. (Reset here, not
+            # in the disconnect callback: paho may report the loss from inside a publish in ``_feed``.)
+            self.client = self._make_client()
+            self._fresh_client = False
+            self._inflight.clear()
+            self._cursor = 0
+        if self._will is not None and (self._will_needed or self._last_will is None):
+            self._last_will = self._will()
             self._will_needed = False
+        if self._last_will is not None:
+            self.client.will_set(*self._last_will, qos=1, retain=False)
         try:
             self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s, clean_start=True)
         except OSError as exc:
@@ -245,8 +290,14 @@ class Publisher:
         if self._acked:
             self.spool.ack(self._acked)
             self._acked.clear()
-        if self.connected:
+        if self.connected and self.bridge_ready:
             self._feed()
+        elif self.connected and time.monotonic() >= self._next_wait_warning:
+            self._next_wait_warning = time.monotonic() + self.gateway.bridge_wait_warn_s
+            log.warning("connected, but no bridge announced itself; holding the spool (is a bridge running, and may "
+                        "this gateway read the topic?)", extra={"gateway": self.gateway.gateway_id,
+                        "topic": self._ready_topic, "spooled": self.spool.count,
+                        "waited_s": round(time.monotonic() - self._connected_at, 1)})
         self.metrics.spool_bytes.set(self.spool.bytes)
         self.metrics.spool_messages.set(self.spool.count)
 

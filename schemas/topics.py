@@ -9,6 +9,14 @@ MQTT (gateway -> broker), QoS 1, MQTT v5::
 ``root`` is ``mqtt.topic_root`` (default ``city``). The bridge subscribes with a shared
 subscription ``$share/{group}/{root}/+/+/+/+/+``.
 
+Bridge readiness (bridge -> gateways), QoS 0, not retained::
+
+    {root}/_bridge/ready                                JSON {"client_id", "share_group"}, every second
+
+A bridge publishes it only while its subscription is in place; a gateway publishes nothing on a
+connection before it has seen one (see ``ingest/publisher.py``: the broker would PUBACK and drop
+messages that arrive before any subscription exists, e.g. after a broker restart).
+
 Kafka: every record is keyed by ``device_id`` so one device's events stay in order in one
 partition. ``kafka.topic_prefix`` is prepended to every name (tests, several cities on one cluster).
 """
@@ -79,6 +87,11 @@ def mqtt_subscription(root: str, share_group: str | None = None) -> str:
     """Filter matching every device stream, optionally as an MQTT v5 shared subscription."""
     flt = f"{root}/+/+/+/+/+"
     return f"$share/{share_group}/{flt}" if share_group else flt
+
+
+def bridge_ready_topic(root: str) -> str:
+    """Topic on which running bridges announce that their subscription is in place."""
+    return f"{root}/_bridge/ready"
 
 
 @dataclass(frozen=True)

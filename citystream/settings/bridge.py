@@ -34,4 +34,7 @@ class BridgeSettings(Section):
     dlq_max_original_bytes: int = Field(1024 * 1024, ge=1024,
                                         description="original bytes kept in a DLQ record (oversized input)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="flush budget on SIGTERM")
-    reconnect_max_s: float = Field(10.0, gt=0, description="longest back-off between MQTT reconnect attempts")
+    reconnect_max_s: float = Field(2.0, gt=0, description="longest back-off between MQTT reconnect attempts "
+                                                           "(gateways hold their spools until a bridge is back)")
+    ready_interval_s: float = Field(1.0, gt=0, le=60,
+                                    description="how often a subscribed bridge publishes {root}/_bridge/ready")

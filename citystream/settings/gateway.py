@@ -154,6 +154,11 @@ class GatewaySettings(Section):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     drain_s: float = Field(5.0, ge=0, description="on shutdown, time to publish what is spooled")
+    wait_for_bridge: bool = Field(True, description="publish on a connection only after a bridge announced its "
+                                  "subscription on {root}/_bridge/ready (off: the broker may drop what arrives "
+                                  "before the bridge re-subscribes, e.g. after a broker restart)")
+    bridge_wait_warn_s: float = Field(30.0, gt=0, description="log a warning when connected this long without "
+                                      "a bridge announcement")
     connect_timeout_s: float = Field(10.0, gt=0)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     cameras: list[CameraSpec] = Field(default_factory=list)

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from citystream.ingest.gateway import AuthRefused, Gateway
 from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import FrameMeta
+from citystream.schemas.topics import bridge_ready_topic
 from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings import Settings, load_settings
 
@@ -58,19 +59,28 @@ class Received:
 
 
 class Subscriber:
-    """A QoS 1 MQTT v5 subscriber logged in as the bridge; ``persistent`` keeps its session across restarts."""
+    """A QoS 1 MQTT v5 subscriber logged in as the bridge; ``persistent`` keeps its session across restarts.
 
-    def __init__(self, settings: Settings, topic_filter: str, persistent: bool = False) -> None:
+    Like the bridge, it announces on ``{root}/_bridge/ready`` while its subscription is in place on
+    the current connection (gateways publish only after such an announcement); ``announce=False``
+    plays a subscriber that does not.
+    """
+
+    def __init__(self, settings: Settings, topic_filter: str, persistent: bool = False,
+                 announce: bool = True) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._closed = threading.Event()
         self.topic_filter = topic_filter
+        self.ready_topic = bridge_ready_topic(settings.mqtt.topic_root)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(settings.mqtt.username, settings.mqtt.password.get_secret_value())
         client.reconnect_delay_set(0.1, 1)
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *args: self._subscribed.set()
+        client.on_disconnect = lambda *args: self._subscribed.clear()
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600 if persistent else 0
@@ -78,12 +88,21 @@ class Subscriber:
         client.loop_start()
         self.client = client
         assert self._subscribed.wait(10), "subscription not acknowledged"
+        if announce:
+            threading.Thread(target=self._announce, daemon=True).start()
+
+    def _announce(self) -> None:
+        while not self._closed.wait(0.3):
+            if self._subscribed.is_set():
+                self.client.publish(self.ready_topic, b"{}", qos=0)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
             client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.ready_topic:
+            return
         pairs = tuple(getattr(msg.properties, "UserProperty", None) or ())
         with self._lock:
             self.messages.append(Received(msg.topic, bytes(msg.payload), pairs, msg.qos))
@@ -106,6 +125,7 @@ class Subscriber:
             time.sleep(0.1)
 
     def close(self) -> None:
+        self._closed.set()
         self.client.loop_stop()
         self.client.disconnect()
 
