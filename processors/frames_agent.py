@@ -26,6 +26,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -53,9 +55,25 @@ class FrameResult:
     seconds: float = 0.0
 
 
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this process (from a daemon thread) once ``parent`` is gone, e.g. after a ``kill -9`` of the worker.
+
+    A spawn-mode pool's processes are not told when the worker dies without shutting the pool down;
+    ``PR_SET_PDEATHSIG`` would fire when the *thread* that started them ends, so poll ``getppid``.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def warm_up() -> None:
     """Load the plate and face models once in a new vision process (single-threaded OpenCV: one process per core)."""
     import cv2
+
+    exit_with_parent(os.getppid())
 
     from citystream.processors import faces, plates
 

@@ -17,7 +17,9 @@ indexed, and only then are the frames' offsets committed (group ``{sink.group_id
 before the commit decides the same frames again: the file is rewritten with the same bytes and the
 index rows carry the same dedup token (and ``FINAL`` collapses them anyway). Frames without detections
 are dropped and counted. While the worker does not move, frames wait in Kafka (bounded: at most
-``FRAMES_PENDING_BYTES`` are held here; beyond that the frames consumer is paused).
+``FRAMES_PENDING_BYTES`` are held here; beyond that the frames consumer is paused). A Kafka error while
+asking for offsets (a restarting broker, a moving group coordinator) is transient: the decision waits
+and is asked again with backoff; nothing is committed meanwhile.
 
 Retention: day folders older than ``sink.retention_days['frame_index']`` are deleted (0 = forever),
 the same period as the index rows' TTL.
@@ -51,6 +53,7 @@ from citystream.sinks.writer import Writer
 log = logging.getLogger(__name__)
 FRAMES_PENDING_BYTES = 64 * 1024 * 1024
 CHECK_EVERY_S = 0.5
+MAX_CHECK_BACKOFF_S = 10.0
 DETECTION_TOPICS = (topics.PLATE_READS, topics.FACE_MATCHES)
 
 
@@ -85,7 +88,8 @@ class FrameArchiver:
         kafka = settings.kafka.client_config()
         self.consumer = Consumer({**kafka, "group.id": f"{settings.sink.group_id}-frames",
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                  "session.timeout.ms": settings.sink.session_timeout_ms})
+                                  "session.timeout.ms": settings.sink.session_timeout_ms,
+                                  **settings.sink.static_membership("-frames")})
         self.worker = Consumer({**kafka, "group.id": settings.kafka.topic(settings.worker.app_id),
                                 "enable.auto.commit": False})
         self.consumer.subscribe([self.topic], on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -93,6 +97,7 @@ class FrameArchiver:
         self.pending_bytes = 0
         self.paused = False
         self.next_check = 0.0
+        self.failures = 0
         self.gate: tuple[list[PendingFrame], list[TopicPartition]] | None = None
 
     def close(self) -> None:
@@ -116,7 +121,16 @@ class FrameArchiver:
                 self.paused = True
         if self.pending and self.clock() >= self.next_check:
             self.next_check = self.clock() + CHECK_EVERY_S
-            self._decide()
+            try:
+                self._decide()
+                self.failures = 0
+            except KafkaException as exc:  # coordinator moving, broker restarting: ask again later
+                self.failures += 1
+                self.next_check = self.clock() + min(CHECK_EVERY_S * 2 ** self.failures, MAX_CHECK_BACKOFF_S)
+                if self.failures == 1 or self.failures % 10 == 0:
+                    log.warning("frames: Kafka offsets unavailable, retrying", extra={
+                        "error": str(exc), "failures": self.failures,
+                        "retry_in_s": round(self.next_check - self.clock(), 1)})
 
     def _read(self, msg: Any) -> None:
         if msg.error():

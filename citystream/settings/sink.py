@@ -30,6 +30,10 @@ class SinkSettings(Section):
     session_timeout_ms: int = Field(45_000, ge=6_000, le=300_000,
                                     description="consumer group session timeout: how soon a dead sink's "
                                                 "partitions move to another (or a restarted) sink")
+    instance_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$",
+                             description="Kafka static group membership (group.instance.id), stable per replica: "
+                                         "a restarted sink takes its partitions back at once instead of waiting "
+                                         "for its dead predecessor's session to time out; '' = dynamic membership")
     query_host: str = "127.0.0.1"
     query_port: int = Field(8124, ge=0, le=65535, description="0 = any free port (advertised to readers)")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
@@ -39,6 +43,10 @@ class SinkSettings(Section):
     frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")
     crash_after_inserts: int = Field(0, ge=0, description="TEST ONLY: SIGKILL self after N inserted windows, "
                                                           "before the offset commit (fault tests); 0 = off")
+
+    def static_membership(self, suffix: str = "") -> dict[str, str]:
+        """Consumer settings for static group membership (empty when ``instance_id`` is not set)."""
+        return {"group.instance.id": f"{self.instance_id}{suffix}"} if self.instance_id else {}
 
     @field_validator("retention_days")
     @classmethod
