@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +36,9 @@ class KafkaSettings(Section):
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by producers, consumers and the admin client."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        # librdkafka's own log lines go through the project's logging (formatted, rate-limited) instead of stderr
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol,
+                                "logger": logging.getLogger("librdkafka")}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username:
