@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from citystream.demo import Pipeline, probe_bridge
 from citystream.ingest.validate import Accepted, Rejected, Validator
 from citystream.processors.vision import FrameRejected, decode
 from citystream.schemas import topics
+from citystream.schemas.ranges import RANGES
 from citystream.schemas.strict import frame_meta_strict
 from citystream.settings import Settings
 from citystream.settings.bridge import BridgeSettings
@@ -32,6 +34,8 @@ from tests.ingest.corpus import Corpus, generate
 from tests.processors.worker_helpers import worker_settings_for
 from tests.sinks.procs import query
 
+# CITYSTREAM_CORPUS_SEED runs another (held-out) corpus of the same shape through the real stack.
+STACK_SEED = int(os.environ.get("CITYSTREAM_CORPUS_SEED", "3"))
 LIMITS = BridgeSettings(max_reading_bytes=16 * 1024, max_frame_bytes=64 * 1024)
 BUDGET = 8192 * 8192
 CONTRACT_REASONS = {"not_json", "non_finite", "duplicate_key", "out_of_range", "schema"}
@@ -113,7 +117,7 @@ def _publish(settings: Settings, corpus: Corpus) -> None:
 @pytest.mark.e2e
 def test_the_corpus_through_the_real_stack(settings: Settings, tmp_path: Path) -> None:
     root = settings.mqtt.topic_root
-    corpus = generate(root, 3, max_reading=settings.bridge.max_reading_bytes, max_frame=LIMITS.max_frame_bytes,
+    corpus = generate(root, STACK_SEED, max_reading=settings.bridge.max_reading_bytes, max_frame=LIMITS.max_frame_bytes,
                       max_clock_skew_s=settings.bridge.max_clock_skew_s, valid_readings=60, valid_frames=10,
                       valid_statuses=5)
     config = _stack_settings(settings, tmp_path)
@@ -134,7 +138,9 @@ def test_the_corpus_through_the_real_stack(settings: Settings, tmp_path: Path) -
                                 "FROM dead_letters FINAL")
         stored_ids = {r["event_id"] for r in query(config, "SELECT event_id FROM sensor_readings FINAL")}
         statuses = query(config, "SELECT event_id, state, gateway_id FROM device_status FINAL")
-        rollup = query(config, "SELECT count() AS n FROM v_sensor_readings")[0]["n"]
+        view = query(config, "SELECT count() AS n FROM v_sensor_readings")[0]["n"]
+        rollups = [query(config, f"SELECT metric, sum(readings) AS n, min(min_value) AS lo, max(max_value) AS hi "
+                                 f"FROM {name} GROUP BY metric") for name in ("v_sensor_1m", "v_sensor_1h")]
         pipeline.check_alive()
     finally:
         codes = pipeline.stop()
@@ -150,7 +156,10 @@ def test_the_corpus_through_the_real_stack(settings: Settings, tmp_path: Path) -
     assert not wrong, f"{len(wrong)} of {len(corpus.bad)}:\n" + "\n".join(wrong[:20])
     assert len(letters) == len(corpus.bad), "dead letters for valid traffic"
     assert stored_ids == {m.event_id for m in readings}, "sensor_readings holds exactly the valid readings"
-    assert rollup == len(readings)
+    assert view == len(readings)
+    for rollup in rollups:  # no bad value in any rollup: each metric's extremes lie in its range
+        assert sum(int(r["n"]) for r in rollup) == len(readings)
+        assert all(RANGES[r["metric"]].low <= r["lo"] <= r["hi"] <= RANGES[r["metric"]].high for r in rollup)
     valid_status = {m.event_id for m in corpus.valid if m.topic.endswith("/status")}
     ours = {s["event_id"] for s in statuses if s["gateway_id"] == mf.GATEWAY}
     assert ours == valid_status and all(s["state"] != "gap" for s in statuses)
