@@ -239,7 +239,7 @@ class DeadLetter(Contract):
 
     kind: Literal["dead_letter"] = "dead_letter"
     event_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    schema_version: int = Field(SCHEMA_VERSION, ge=1)
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=65535)
     tenant: str = Field("", description="when the topic revealed it, else empty")
     stage: str = Field(pattern=r"^[a-z_]+$", description="bridge, worker, sink")
     reason: str = Field(pattern=r"^[a-z_]+$", description="machine-readable reason, e.g. not_json")
