@@ -20,7 +20,8 @@ gets a ``bridge_received_at`` header (UTC ISO 8601, ms) with the time the bridge
 Reasons (``REASONS``, the ``reason`` label of ``citystream_bridge_dlq_total``):
 
 - ``unknown_topic``: the topic does not follow the topic map.
-- ``oversized``: payload above ``bridge.max_reading_bytes`` / ``bridge.max_frame_bytes``.
+- ``oversized``: body plus user properties above ``bridge.max_reading_bytes`` / ``bridge.max_frame_bytes``
+  (properties travel on as Kafka headers, inside the topic's record limit).
 - ``not_json``: a reading/status body that is not JSON (or not UTF-8).
 - ``non_finite``: NaN or +-Infinity where a number belongs.
 - ``duplicate_key``: a JSON object names a key twice (reading or status body).
@@ -173,8 +174,10 @@ class Validator:
         if addr is None:
             return Rejected("unknown_topic", f"topic does not follow {self.root}/tenant/gateway/family/device/stream")
         limit = self.settings.max_frame_bytes if addr.stream == "frame" else self.settings.max_reading_bytes
-        if len(payload) > limit:
-            return Rejected("oversized", f"{len(payload)} bytes > limit {limit}", addr.tenant, addr.device)
+        size = len(payload) + (sum(len(k) + len(v) for k, v in props) if props else 0)
+        if size > limit:
+            return Rejected("oversized", f"{size} bytes (body and user properties) > limit {limit}", addr.tenant,
+                            addr.device)
         if addr.stream == "frame":
             return self._frame(addr, payload, props)
         if props:

@@ -310,6 +310,9 @@ FAMILIES: dict[str, tuple[Callable[[_Maker], Any], str]] = {
     "topic mismatch": (_mismatch, "topic_mismatch"),
     "bad event id": (_bad_event_id, "bad_event_id"),
     "oversized reading": (_oversized, "oversized"),
+    "oversized user properties": (lambda m: _with_props(m.reading(), [(f"p{i}", "x" * 1000)
+                                                                      for i in range(m.max_reading // 1000 + 1)]),
+                                  "oversized"),
     "reading with user properties": (lambda m: _with_props(m.reading(), m.rng.choice(
         [[("bridge_received_at", now_iso())], [("trace", "1"), ("trace", "1")], [("a", "1"), ("a", "2")]])),
         "bad_properties"),
