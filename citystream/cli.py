@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "migrate": ("citystream.schemas.cli", "migrate", "Apply ClickHouse migrations in order (idempotent)."),
     "query": ("citystream.sinks.query_cli", "query", "Run read-only SQL against the analytics store."),
     "demo": ("citystream.demo", "demo", "Run the whole pipeline end to end on the local stack."),
+    "chaos": ("citystream.chaos", "chaos", "Run the pipeline under a seeded fault schedule; reconcile every seq."),
     "bench": ("citystream.bench.cli", "bench", "Benchmarks: every stage against its ceiling in the same run."),
 }
 

@@ -101,7 +101,7 @@ def _wait(predicate: Any, timeout_s: float, what: str, pipeline: Pipeline, inter
     raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def _metric(url: str, name: str) -> float:
+def metric_value(url: str, name: str) -> float:
     """One sample of a stage's ``/metrics`` (0 when absent or unreachable)."""
     try:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -133,7 +133,7 @@ def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> No
             client.publish(topic, to_json(status), qos=1)
             seq += 1
             time.sleep(1.0)
-            if _metric(bridge.metrics_url, "citystream_bridge_acked_total") > 0:  # acked once Kafka has it
+            if metric_value(bridge.metrics_url, "citystream_bridge_acked_total") > 0:  # acked once Kafka has it
                 return
         raise RuntimeError(f"no message went MQTT -> bridge -> Kafka within {timeout_s:.0f}s")
     finally:
@@ -141,7 +141,8 @@ def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> No
         client.disconnect()
 
 
-def _sink_ready(settings: Settings) -> bool:
+def sink_ready(settings: Settings) -> bool:
+    """Whether the sink owns the store and answers read-only queries."""
     path = chdb_path(settings.clickhouse.dsn)
     if path is not None and read_owner(path) is None:
         return False
@@ -197,10 +198,10 @@ def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str],
         echo(f"started {name}: log {stage.log}, metrics {stage.metrics_url}")
     try:
         echo("waiting for the stages to be ready")
-        _wait(lambda: _sink_ready(settings), 120, "the sink's query path", pipeline)
+        _wait(lambda: sink_ready(settings), 120, "the sink's query path", pipeline)
         worker_url = next((st.metrics_url for st in pipeline.stages if st.name == "worker"), None)
         if worker_url:  # partitions assigned, tables recovered: frames from now on are read
-            _wait(lambda: _metric(worker_url, "citystream_worker_ready") == 1, 180, "the worker", pipeline)
+            _wait(lambda: metric_value(worker_url, "citystream_worker_ready") == 1, 180, "the worker", pipeline)
         probe_bridge(settings, pipeline, 120)
         echo(f"simulating {plan.gateways} gateways x ({plan.cameras} cameras + {plan.sensors} sensors) "
              f"for {plan.duration_s:.0f}s (run {run})")

@@ -188,6 +188,7 @@ def make_faust_app(settings: Settings) -> faust.App:
         producer_max_request_size=SPECS[DLQ].max_message_bytes, consumer_max_fetch_size=SPECS[DLQ].max_message_bytes,
         broker_max_poll_records=max(50, 4 * pool_size(w.vision_processes)), producer_acks=-1,
         topic_replication_factor=1, table_cleanup_interval=60.0,
+        consumer_group_instance_id=w.instance_id or None,
     )
 
 

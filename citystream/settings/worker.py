@@ -80,6 +80,10 @@ class WorkerSettings(Section):
 
     app_id: str = Field("citystream-worker", pattern=r"^[A-Za-z0-9_.-]+$",
                         description="Faust app id (group, internal topics); kafka.topic_prefix is prepended")
+    instance_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$",
+                             description="Kafka static group membership (group.instance.id), stable per replica: "
+                                         "a restarted worker gets its partitions back at once instead of waiting "
+                                         "for its dead predecessor's session to time out; '' = dynamic membership")
     data_dir: Path | None = Field(None, description="Faust's data directory (default: stack.home/worker/<app id>)")
     vision_processes: int = Field(0, ge=0, description="0 = one per core")
     frame_batch: int = Field(0, ge=0, description="frames in flight at most (0 = 2 x vision processes)")
