@@ -9,12 +9,14 @@ metric's range, non-RFC 3339 timestamps, quotes in text) and checks, for every b
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from citystream.schemas.events import SensorReading, make_event_id
 from citystream.schemas.fast import FIELDS, fast_reading
@@ -22,6 +24,7 @@ from citystream.schemas.ranges import RANGES
 from citystream.schemas.strict import validate_json
 
 pytestmark = pytest.mark.unit
+set_hypothesis_home_dir(f"{tempfile.gettempdir()}/citystream-hypothesis")  # keep its caches out of the work tree
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
