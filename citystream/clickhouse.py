@@ -17,12 +17,21 @@ Read-only means a dedicated client (in chDB a per-query setting would stick to t
 and readers never share a client) with ``readonly=1`` on chDB — Arrow strings as bytes are set before it,
 since no setting can change afterwards — and ``readonly=2`` (no writes or DDL, settings allowed) on a
 server, where each request carries its settings; give server readers a read-only user as well.
+Before any of that, :func:`check_readonly_sql` refuses what reads or writes the host or the network
+(``INTO OUTFILE``, table functions such as ``file()``, ``url()``, ``s3()``, ``remote()``,
+``executable()``) and more than one statement: the embedded engine writes ``INTO OUTFILE`` files even
+with ``readonly=1``.
+
+The owner's endpoint requires the bearer token it writes into the owner file (mode 0600), so only
+the user that runs the sink (and root) can query through it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import threading
 import time
 import urllib.error
@@ -64,6 +73,7 @@ class Owner:
     pid: int
     url: str
     started_at: float
+    token: str = ""
 
 
 def chdb_path(dsn: str) -> Path | None:
@@ -122,7 +132,8 @@ def read_owner(path: Path) -> Owner | None:
     """The live owner advertised in ``path``, or None (no file, unreadable, or the process is gone)."""
     try:
         doc = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
-        owner = Owner(pid=int(doc["pid"]), url=str(doc["url"]), started_at=float(doc["started_at"]))
+        owner = Owner(pid=int(doc["pid"]), url=str(doc["url"]), started_at=float(doc["started_at"]),
+                      token=str(doc.get("token", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if owner.pid == os.getpid() or not _pid_alive(owner.pid):
@@ -131,20 +142,28 @@ def read_owner(path: Path) -> Owner | None:
 
 
 @contextmanager
-def advertise(settings: ClickHouseSettings | Settings, url: str) -> Iterator[None]:
-    """Advertise this process as the owner of the embedded path (no-op for server DSNs)."""
+def advertise(settings: ClickHouseSettings | Settings, url: str, token: str = "") -> Iterator[None]:
+    """Advertise this process (its query URL and token) as the owner of the embedded path (no-op for servers)."""
     path = chdb_path(_settings_of(settings).dsn)
     if path is None:
         yield
         return
     file = path / OWNER_FILE
     tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "started_at": time.time()}), encoding="utf-8")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"pid": os.getpid(), "url": url, "started_at": time.time(), "token": token}))
     tmp.replace(file)
     try:
         yield
     finally:
         file.unlink(missing_ok=True)
+
+
+def new_token() -> str:
+    """A random bearer token for the query endpoint."""
+    return secrets.token_urlsafe(24)
 
 
 def reader(settings: ClickHouseSettings | Settings) -> Any:
@@ -160,7 +179,8 @@ def reader(settings: ClickHouseSettings | Settings) -> Any:
 
 def _remote_arrow(owner: Owner, database: str, sql: str, timeout: float) -> pa.Table:
     url = f"{owner.url}/query?{urllib.parse.urlencode({'database': database})}"
-    request = urllib.request.Request(url, data=sql.encode(), method="POST")
+    request = urllib.request.Request(url, data=sql.encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {owner.token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             body = resp.read()
@@ -202,12 +222,34 @@ def as_text(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
+_LITERALS = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"|--[^\n]*|#[^\n]*|/\*.*?\*/", re.S)
+_HOST_ACCESS = re.compile(
+    r"\binto\s+outfile\b|\bfrom\s+infile\b|\b(?:file|url|urlcluster|s3|s3cluster|gcs|oss|cosn|hdfs|hdfscluster|"
+    r"azureblobstorage|azureblobstoragecluster|remote|remotesecure|cluster|clusterallreplicas|mysql|postgresql|"
+    r"mongodb|redis|sqlite|odbc|jdbc|executable|input|deltalake|iceberg|icebergs3|hudi|python|dictionary|"
+    r"fuzzjson|fuzzquery|merge|view)\s*\(|\bsystem\s|\bsettings\b",
+    re.I)
+
+
+def check_readonly_sql(sql: str) -> None:
+    """Refuse SQL that could read or write the host or the network, change settings, or run twice (StoreError)."""
+    bare = _LITERALS.sub(" ", sql).replace("`", "")
+    statements = [part for part in bare.split(";") if part.strip()]
+    if len(statements) > 1:
+        raise StoreError("refused: one statement per query")
+    found = _HOST_ACCESS.search(bare)
+    if found:
+        raise StoreError(f"refused: '{found.group(0).strip()}' is not allowed on the read-only query path "
+                         "(no files, URLs, remote tables, settings or SYSTEM statements)")
+
+
 def run_readonly(client: Any, sql: str) -> pa.Table:
-    """Run SQL on a read-only client as an Arrow table; SQL errors become StoreError.
+    """Run SQL on a read-only client as an Arrow table; SQL errors and refused SQL become StoreError.
 
     Strings are fetched as bytes and turned into text per column only when valid UTF-8, so raw bytes
     (a dead letter's original payload) come back intact instead of failing the whole query.
     """
+    check_readonly_sql(sql)
     try:
         table: pa.Table = client.query_arrow(sql, use_strings=False)
     except Exception as exc:

@@ -120,7 +120,7 @@ class Sink:
             self.frames = FrameArchiver(self.settings, self.writer, self.consumer, self.metrics, self.clock)
         code = 0
         try:
-            with clickhouse.advertise(ch, server.url if server else ""):
+            with clickhouse.advertise(ch, server.url if server else "", server.token if server else ""):
                 code = self._loop()
         finally:
             if self.frames is not None:

@@ -1,14 +1,18 @@
 """The sink's read-only query endpoint for an embedded (chDB) store it owns.
 
-``POST /query?database=DB`` with SQL as the body → ``200`` and an Arrow IPC stream, or ``400`` and
-the ClickHouse error text. ``GET /health`` → ``ok``. Every query runs on a dedicated client with
-``readonly=1``; writes, DDL and setting changes are refused by ClickHouse itself. It listens on loopback by
-default (``sink.query_host``/``sink.query_port``; port 0 picks a free one) and is advertised to readers
-by :func:`citystream.clickhouse.advertise`.
+``POST /query?database=DB`` with SQL as the body and ``Authorization: Bearer TOKEN`` → ``200`` and an
+Arrow IPC stream, ``400`` and the ClickHouse error text (or the reason the SQL was refused), ``401``
+without the token. ``GET /health`` → ``ok``. Every query passes
+:func:`citystream.clickhouse.check_readonly_sql` (no files, URLs, remote tables, settings) and runs on a
+dedicated client with ``readonly=1``; writes, DDL and setting changes are refused by ClickHouse itself.
+It listens on loopback by default (``sink.query_host``/``sink.query_port``; port 0 picks a free one)
+and is advertised, with its token, by :func:`citystream.clickhouse.advertise` in an owner file only
+the sink's user can read.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
-from citystream.clickhouse import StoreError, reader, run_readonly
+from citystream.clickhouse import StoreError, new_token, reader, run_readonly
 from citystream.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -36,8 +40,9 @@ def _arrow_bytes(table: pa.Table) -> bytes:
 class QueryServer:
     """Serves read-only SQL on the owned store in a daemon thread."""
 
-    def __init__(self, ch: ClickHouseSettings, host: str, port: int) -> None:
+    def __init__(self, ch: ClickHouseSettings, host: str, port: int, token: str | None = None) -> None:
         self.ch = ch
+        self.token = token or new_token()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +63,10 @@ class QueryServer:
                     self._reply(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
+                given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(), server.token.encode()):
+                    self._reply(401, b"a bearer token is required (the sink's owner file has it)", "text/plain")
+                    return
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 if url.path != "/query" or not 0 < length <= MAX_SQL_BYTES:
