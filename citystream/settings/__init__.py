@@ -118,15 +118,21 @@ def dump_settings(settings: Settings, exclude_defaults: bool = False) -> dict[st
     """The settings as plain YAML-able data, secrets included (for files written with mode 0600)."""
     raw = settings.model_dump(mode="json", exclude_defaults=exclude_defaults)
 
-    def reveal(model: BaseModel, out: dict[str, Any]) -> None:
-        for name in type(model).model_fields:
-            if name not in out:
-                continue
-            value = getattr(model, name)
-            if isinstance(value, SecretStr):
-                out[name] = value.get_secret_value()
-            elif isinstance(value, BaseModel) and isinstance(out[name], dict):
-                reveal(value, out[name])
+    def plain(value: Any, dumped: Any) -> Any:
+        """``dumped`` with every SecretStr inside ``value`` (models, dicts, lists) revealed."""
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, BaseModel) and isinstance(dumped, dict):
+            for name in type(value).model_fields:
+                if name in dumped:
+                    dumped[name] = plain(getattr(value, name), dumped[name])
+        elif isinstance(value, dict) and isinstance(dumped, dict):
+            for key in dumped:
+                if key in value:
+                    dumped[key] = plain(value[key], dumped[key])
+        elif isinstance(value, (list, tuple)) and isinstance(dumped, list) and len(value) == len(dumped):
+            dumped[:] = [plain(v, d) for v, d in zip(value, dumped, strict=True)]
+        return dumped
 
-    reveal(settings, raw)
-    return raw
+    result: dict[str, Any] = plain(settings, raw)
+    return result

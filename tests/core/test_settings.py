@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from citystream.settings import ConfigError, dump_settings, load_settings
+from citystream.settings import ConfigError, Settings, dump_settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +76,16 @@ def test_documented_examples_are_valid_settings(example: Path) -> None:
     written = leaves(yaml.safe_load(example.read_text()))
     loaded = leaves(dump_settings(load_settings(example)))
     assert written and {k: loaded.get(k) for k in written} == written
+
+
+@pytest.mark.unit
+def test_dumped_settings_reveal_secrets_inside_dicts_and_lists(tmp_path: Path) -> None:
+    """`stack up` writes the pseudonym key it generated, never its masked form."""
+    from citystream.stack import local
+
+    settings = local.local_settings(Settings.model_validate({"stack": {"home": str(tmp_path / "home")}}))
+    key = local.credentials(settings.stack.home)["pseudonym"]
+    dumped = dump_settings(settings, exclude_defaults=True)
+    assert dumped["worker"]["pseudonym_keys"] == {"*": key}
+    assert "*****" not in yaml.safe_dump(dumped)
+    assert len(key) >= 32 and key != local.credentials(tmp_path / "other")["pseudonym"], "a random key per install"
