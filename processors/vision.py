@@ -22,9 +22,10 @@ How warnings are seen: libjpeg (inside OpenCV) reports a warning by writing one 
 standard error (file descriptor 2); OpenCV has no switch to fail on it. :func:`decode` points fd 2 at
 a private file for the length of one ``imdecode`` call (under a lock, so decodes in one process do not
 interleave), reads what libjpeg wrote, and writes it back to the real stderr so nothing is hidden.
-Only lines libjpeg writes ("Corrupt JPEG data…", "Premature end of JPEG file", "Invalid JPEG file
-structure…", "Warning…") count; a canary test (tests/processors/test_decode.py) fails if a known
-corrupt JPEG stops being caught, e.g. after an OpenCV upgrade that silences libjpeg.
+Only lines that start like a libjpeg warning ("Corrupt JPEG data…", "Premature end of JPEG file", …:
+``LIBJPEG_WARNING``) count, so a Python warning printed meanwhile by another thread does not. A
+canary test (tests/processors/test_decode.py) fails if a known corrupt JPEG stops being caught, e.g.
+after an OpenCV upgrade that silences libjpeg.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ EOI = b"\xff\xd9"
 # Start-of-frame markers carry the dimensions (C4 = DHT, C8 = JPG, CC = DAC are not SOFs).
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-# What libjpeg(-turbo) writes for a warning (jerror.h: JWRN_* texts, plus "Corrupt JPEG data: " prefixes).
-LIBJPEG_WARNING = re.compile(rb"Corrupt JPEG data|Premature end of JPEG file|Invalid JPEG file structure|"
-                             rb"Warning|Inconsistent progression sequence|Unsupported marker|"
-                             rb"Application transferred too few scanlines")
+# The line starts of libjpeg(-turbo)'s warnings (jerror.h, JWRN_*); anything else on fd 2 is not one.
+LIBJPEG_WARNING = re.compile(rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|"
+                             rb"Unknown Adobe color transform|Inconsistent progression sequence|"
+                             rb"Application transferred too many scanlines|Warning: unknown JFIF revision|"
+                             rb"Warning: thumbnail image size)")
 
 
 class FrameRejected(Exception):
@@ -140,7 +142,7 @@ def libjpeg_messages() -> Iterator[list[bytes]]:
                 sink.seek(0)
                 text = sink.read()
                 os.write(2, text)
-                found.extend(line for line in text.splitlines() if LIBJPEG_WARNING.search(line))
+                found.extend(line for line in text.splitlines() if LIBJPEG_WARNING.match(line))
 
 
 def decode(data: bytes, max_pixels: int, expected: tuple[int, int] | None = None, *,

@@ -113,3 +113,9 @@ def test_offline_tools_may_decode_leniently_within_the_budget() -> None:
     assert decode(DECODE_ONLY["corrupt entropy data"], BUDGET, strict=False).shape == (240, 320, 3)
     with pytest.raises(FrameRejected):
         decode(with_sof_size(encode(32, 24), 8192, 8192), BUDGET, strict=False)
+
+
+def test_only_libjpeg_warning_lines_count() -> None:
+    with vision.libjpeg_messages() as found:
+        os.write(2, b"x.py:3: UserWarning: Warning about something\nCorrupt JPEG data: bad Huffman code\n")
+    assert found == [b"Corrupt JPEG data: bad Huffman code"]
