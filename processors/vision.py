@@ -8,10 +8,12 @@ Who rejects what, and why there:
   a decompression bomb (far more pixels than the file's size can hold). Those never reach Kafka.
 - **worker** (here, in a vision process, before any detector runs): everything the bridge checks,
   again (a record can reach ``raw.frames`` without the bridge), then the pixel budget from the
-  header *before* decoding, then a decode in which **every libjpeg warning is an error**
-  (``corrupt_jpeg``): corrupt entropy-coded data, scan data cut short and closed by an appended EOI
-  ("premature end of data segment") — OpenCV prints such a warning and returns a grey-filled image,
-  which the marker walk cannot see. Last, the decoded size must equal FrameMeta's.
+  header *before* decoding, with headroom for what decoding holds besides the image (a progressive
+  frame keeps all its DCT coefficients: 2 bytes per component and pixel), then a decode in which
+  **every libjpeg warning is an error** (``corrupt_jpeg``): corrupt entropy-coded data, scan data
+  cut short and closed by an appended EOI ("premature end of data segment") — OpenCV prints such a
+  warning and returns a grey-filled image, which the marker walk cannot see. Last, the decoded size
+  must equal FrameMeta's.
 
 Reasons (DeadLetter ``reason``, stage ``worker``): ``empty_frame``, ``not_jpeg``, ``bad_jpeg_header``,
 ``zero_size``, ``frame_too_large`` (header above ``worker.max_frame_pixels`` or above
@@ -50,6 +52,7 @@ EOI = b"\xff\xd9"
 # Start-of-frame markers carry the dimensions (C4 = DHT, C8 = JPG, CC = DAC are not SOFs).
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # The line starts of libjpeg(-turbo)'s warnings (jerror.h, JWRN_*); anything else on fd 2 is not one.
 LIBJPEG_WARNING = re.compile(rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|"
                              rb"Unknown Adobe color transform|Inconsistent progression sequence|"
@@ -68,6 +71,12 @@ class FrameRejected(Exception):
 
 def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the first SOF segment, or None when no SOF precedes the end of data."""
+    header = frame_header(data)
+    return None if header is None else (header[0], header[1])
+
+
+def frame_header(data: bytes) -> tuple[int, int, int, bool] | None:
+    """(width, height, components, progressive) of the first SOF segment, or None when there is none."""
     i = 2
     n = len(data)
     while i + 4 <= n:
@@ -82,11 +91,11 @@ def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker in SOF_MARKERS:
-            if i + 9 > n:
+            if i + 10 > n:
                 return None
             height = int.from_bytes(data[i + 5:i + 7], "big")
             width = int.from_bytes(data[i + 7:i + 9], "big")
-            return width, height
+            return width, height, data[i + 9], marker in PROGRESSIVE_SOF
         if marker == 0xDA or length < 2:  # start of scan before any SOF, or a broken length
             return None
         i += 2 + length
@@ -99,14 +108,20 @@ def check_jpeg(data: bytes, max_pixels: int) -> tuple[int, int]:
         raise FrameRejected("empty_frame", "frame has no bytes")
     if not data.startswith(SOI):
         raise FrameRejected("not_jpeg", f"starts with {data[:4].hex()}, expected ffd8")
-    dims = jpeg_dimensions(data)
-    if dims is None:
+    header = frame_header(data)
+    if header is None:
         raise FrameRejected("bad_jpeg_header", "no frame header (SOF) found")
-    width, height = dims
+    width, height, components, progressive = header
     if width == 0 or height == 0:
         raise FrameRejected("zero_size", f"header declares {width}x{height}")
     if width * height > max_pixels:
         raise FrameRejected("frame_too_large", f"header declares {width}x{height} > {max_pixels} pixels")
+    # Headroom: the budget is the memory of decoding a baseline frame of max_pixels (3 bytes a pixel); a
+    # progressive frame also holds every DCT coefficient (2 bytes per component and pixel) until its last scan.
+    cost = width * height * (3 + (2 * components if progressive else 0))
+    if cost > max_pixels * 3:
+        raise FrameRejected("frame_too_large", f"decoding the {'progressive ' if progressive else ''}{width}x{height}"
+                            f" header needs ~{cost >> 20} MiB, above the budget of {max_pixels} baseline pixels")
     if width * height > len(data) * jpeg_contract.MAX_PIXELS_PER_BYTE:
         raise FrameRejected("frame_too_large", f"header declares {width}x{height} in only {len(data)} bytes "
                             f"(decompression bomb: > {jpeg_contract.MAX_PIXELS_PER_BYTE} pixels per byte)")

@@ -119,3 +119,13 @@ def test_only_libjpeg_warning_lines_count() -> None:
     with vision.libjpeg_messages() as found:
         os.write(2, b"x.py:3: UserWarning: Warning about something\nCorrupt JPEG data: bad Huffman code\n")
     assert found == [b"Corrupt JPEG data: bad Huffman code"]
+
+
+def test_the_budget_leaves_headroom_for_progressive_decoding() -> None:
+    baseline, progressive = encode(320, 240), encode(320, 240, progressive=True)
+    budget = 320 * 240  # exactly the frame: a baseline frame fits, a progressive one needs 3x the memory
+    assert decode(baseline, budget).shape == (240, 320, 3)
+    with pytest.raises(FrameRejected) as caught:
+        decode(progressive, budget)
+    assert caught.value.reason == "frame_too_large" and "progressive" in caught.value.detail
+    assert decode(progressive, 3 * budget).shape == (240, 320, 3)
