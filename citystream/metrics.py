@@ -1,23 +1,33 @@
-"""Prometheus helpers: every process serves ``/metrics``; collectors take a registry.
+"""Prometheus helpers: every process serves ``/metrics``, ``/healthz`` and ``/readyz``; collectors take a registry.
 
 Besides each stage's own collectors, every served registry carries ``citystream_build_info``
 (value 1, labels ``version`` and ``python``) so dashboards and alerts can tell which release runs where.
+
+``/healthz`` answers 200 while the process serves HTTP (liveness). ``/readyz`` answers 200 when every
+readiness gauge the registry holds is at least 1 (``READY_GAUGES``: the worker has its partitions and
+tables, the bridge its subscription, a gateway its broker connection, the sink its assignment), else
+503 with the gauges that are not; the body is JSON ``{"ready": bool, "gauges": {name: value}}``.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 
 from citystream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "citystream_build_info"
+READY_GAUGES = ("citystream_worker_ready", "citystream_bridge_mqtt_subscribed", "citystream_gateway_connected",
+                "citystream_sink_ready")
 
 
 def package_version() -> str:
@@ -38,11 +48,48 @@ def register_build_info(registry: CollectorRegistry) -> None:
     gauge.labels(package_version(), platform.python_version()).set(1)
 
 
+def readiness(registry: CollectorRegistry) -> tuple[bool, dict[str, float]]:
+    """Whether every readiness gauge in ``registry`` is at least 1, and their values."""
+    gauges = {name: value for name in READY_GAUGES
+              if (value := registry.get_sample_value(name)) is not None}
+    return all(v >= 1 for v in gauges.values()), gauges
+
+
+def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _reply(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._reply(200, b"ok", "text/plain")
+            elif path == "/readyz":
+                ready, gauges = readiness(registry)
+                self._reply(200 if ready else 503, orjson.dumps({"ready": ready, "gauges": gauges}),
+                            "application/json")
+            else:
+                self._reply(404, b"not found: /metrics, /healthz, /readyz", "text/plain")
+
+    return Handler
+
+
 def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry = REGISTRY) -> Any:
-    """Start the ``/metrics`` HTTP endpoint in a daemon thread; returns the server or None if disabled."""
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread; returns the server or None if off."""
     register_build_info(registry)
     if settings.port == 0:
         return None
-    server, _thread = start_http_server(settings.port, addr=settings.host, registry=registry)
+    server = ThreadingHTTPServer((settings.host, settings.port), _handler(registry))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics endpoint up", extra={"url": f"http://{settings.host}:{settings.port}/metrics"})
     return server

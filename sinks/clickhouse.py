@@ -306,6 +306,7 @@ class Sink:
 
     # ---- rebalance and replay --------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.metrics.ready.set(1)
         self.assigned = {(p.topic, p.partition) for p in partitions}
         consumer.assign(partitions)
         if self.writer is None or not partitions:
@@ -356,6 +357,7 @@ class Sink:
         self._reset()
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self.metrics.ready.set(0)
         log.warning("partitions lost; window dropped uncommitted", extra={"partitions": len(partitions)})
         self._reset()
 

@@ -32,3 +32,5 @@ class SinkMetrics:
                               ["outcome"], registry=registry)
         self.replayed = Counter("citystream_sink_windows_replayed_total",
                                 "Windows rebuilt from the write-ahead log after a crash", registry=registry)
+        self.ready = Gauge("citystream_sink_ready", "1 while the sink holds a group assignment (possibly empty)",
+                           registry=registry)
