@@ -107,6 +107,11 @@ _METRICS = frozenset(m.value for m in Metric)
 _STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
                     r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
 _CACHE_MAX = 8192
+_ABSENT: Any = object()
+_BOUNDS = {metric: (bounds.low, bounds.high) for metric, bounds in RANGES.items()}
+# Quote characters in a body of n members without a repeated key: 2 per key, 2 per string value; the numbers
+# are seq, value and (index True) schema_version.
+_QUOTES = [(4 * n - 4, 4 * n - 6) for n in range(len(CONTRACT) + 1)]
 
 
 class _Checked:
@@ -176,8 +181,11 @@ def _checked(raw: bytes, doc: dict[str, Any]) -> Reading | None:
     event_id = doc["event_id"]
     if type(event_id) is not str or len(event_id) != 36 or event_id.strip(_EVENT_ID_CHARS):
         return None
-    version = doc.get("schema_version", 1)
-    if type(version) is not int or not 1 <= version <= 65535:
+    version = doc.get("schema_version", _ABSENT)
+    version_given = version is not _ABSENT
+    if not version_given:
+        version = 1
+    elif type(version) is not int or not 1 <= version <= 65535:
         return None
     tenant, gateway, device = doc["tenant"], doc["gateway_id"], doc["device_id"]
     # Memo sets hold only str, so a non-str never hits them and goes through ok()'s type check.
@@ -208,11 +216,10 @@ def _checked(raw: bytes, doc: dict[str, Any]) -> Reading | None:
             return None
     elif type(number) is not int:
         return None
-    bounds = RANGES[metric]
-    if not bounds.low <= number <= bounds.high:
+    low, high = _BOUNDS[metric]
+    if not low <= number <= high:
         return None
-    # Numbers: seq, value and schema_version when present; every other member is a string without '"'.
-    numbers = 3 if "schema_version" in doc else 2
-    if '"' in district or raw.count(b'"') != 4 * len(doc) - 2 * numbers:
+    # Members: seq, value and schema_version (when present) are numbers, every other one a string without '"'.
+    if raw.count(b'"') != _QUOTES[len(doc)][version_given] or '"' in district:
         return None  # a repeated key (or a quote escaped in the district): the full path decides
     return event_id, version, tenant, gateway, device, seq, captured, district, metric, number
