@@ -208,7 +208,8 @@ def isolated_stack(base: Settings, home: Path) -> tuple[Settings, Path]:
     settings = load_settings(local.config_file(seed_settings), {
         "gateway.state_dir": str(home / "gateway"), "gateway.drain_s": 90.0, "gateway.reconnect_max_s": 2.0,
         "sink.frames_dir": str(home / "frames"), "sink.instance_id": "chaos-sink",
-        "worker.data_dir": str(home / "worker"), "worker.instance_id": "chaos-worker", "log.level": "INFO"})
+        "worker.data_dir": str(home / "worker"), "worker.instance_id": "chaos-worker", "sink.query_port": 0,
+        "log.level": "INFO"})
     path = home / "chaos.yaml"
     path.write_text(yaml.safe_dump(dump_settings(settings), allow_unicode=True))
     path.chmod(0o600)
@@ -332,7 +333,8 @@ def settle(run: Run, expected_readings: Callable[[], dict[str, int]]) -> None:
             seen = stored_reading_seqs(run.settings, run.prefix)
         except StoreError:
             return False
-        return reconcile(expected_readings(), seen)["lost"] == 0
+        lost: int = reconcile(expected_readings(), seen)["lost"]
+        return lost == 0
 
     run.wait("every reading stored", all_stored, SETTLE_TIMEOUT_S)
     run.wait("the worker to analyse every frame", lambda: worker_caught_up(run.settings), SETTLE_TIMEOUT_S)
@@ -366,7 +368,8 @@ def run_chaos(base: Settings, seed: int, duration_s: float, traffic: Traffic, re
         echo(f"traffic for {duration_s:.0f}s, {len(faults)} faults: "
              + ", ".join(f"{f.at_s}s {f.kind}" for f in faults))
         for fault in faults:
-            run.wait("the next fault", lambda f=fault: time.monotonic() - run.started >= f.at_s, duration_s * 2)
+            due = run.started + fault.at_s
+            run.wait("the next fault", lambda: time.monotonic() >= due, duration_s * 2)  # noqa: B023
             run.inject(fault)
         run.wait("the end of the traffic", lambda: time.monotonic() - run.started >= duration_s, duration_s * 2)
         echo("traffic over: draining the gateways' spools")
