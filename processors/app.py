@@ -15,7 +15,9 @@ creates every topic (Faust's internal ones too) before the app joins its group. 
 ``citystream_worker_ready`` turns 1 once partitions are assigned and tables recovered.
 Faust 0.15.3 could drop input records silently after recovery seeks a partition back
 (faust-streaming/faust#596): :mod:`faust_fixes` is applied first, and a record Faust still drops
-unprocessed is logged at WARNING, counted in ``citystream_worker_dropped_records_total`` and read again.
+unprocessed is logged at WARNING, counted in ``citystream_worker_dropped_records_total`` and read again;
+the same module keeps the agents' queues when recovery resumes the streams (records fetched after its seek
+were cleared unprocessed: the stall of issue 14, and commits past unprocessed frames).
 A worker whose input waits unprocessed for ``worker.stall_timeout_s`` stops and exits with code 3
 (:mod:`watchdog`), for its supervisor to restart it.
 """

@@ -23,8 +23,37 @@ The patch, applied once per process by :func:`apply` (``create_app`` calls it):
   ``citystream_worker_dropped_records_total``), and the partition is sought back to that record so
   it is read again (self-healing instead of a stall).
 
-It replaces Faust internals, so it is pinned: with another faust-streaming version it is not
-applied and :func:`apply` logs an ERROR saying so (check the fix upstream, then re-pin or drop it).
+The stall on restart and rebalance (citystream issue 14; upstream faust-streaming/faust#629 and
+#216/#253, which fixed the order only for apps without tables): when recovery ends,
+``Recovery.on_recovery_completed`` resumes the stream partitions, seeks them to their committed
+offsets and then calls ``app.flow_control.resume()``, which *clears every agent's queue*. The fetch
+loop is already running there (its flow was resumed to read the changelogs), so records fetched
+after the seek can sit in an agent's queue when it is cleared: read, never processed, never
+acknowledged. Upstream, the partition's commit then stops at that offset for good (a backlog
+fetched in one batch leaves nothing to fetch: the watchdog's stall); with the stale-seek guard
+above, the next record looked like a gap over the cleared ones and ``_add_gap`` made them
+committable (an offset committed with no output). Two more changes, applied with the first:
+
+* ``FlowControlEvent.resume`` no longer clears the queues (mode-streaming 0.7.1). Faust clears them
+  itself when partitions are revoked (``flow_control.clear()``, before any seek), and a stream skips
+  events of an older generation, so what a queue holds at a resume was fetched for the current
+  assignment: it is processed (records fetched before the seek come again after it: duplicates with
+  the same ``event_id``, never a loss);
+* a gap (offsets the fetcher skipped: compaction, transaction markers) is recorded only over offsets
+  the loop never handed to the streams, and never includes the record being delivered, so the gap
+  logic cannot make an unprocessed record committable (a record counts as handed over only when the
+  conductor finished with it, not when a rebalance's ``suspend_flow`` cut the hand-over short).
+
+Flow control itself (checked, ``tests/processors/test_flow_control.py``): a partition removed by
+``Consumer.on_buffer_full`` comes back only through its queue's pending pressure-drop callback, which
+``clear()`` keeps; it fires when the agent's get finds the queue at or below 40 % of
+``stream_buffer_maxsize`` (4096 by default here, high mark 3276). Recovery re-activates every
+assigned partition anyway (``resume_partitions``), so this path cannot explain a stall after a
+restart or rebalance with backlogs of a few hundred frames; and the conductor awaits a full queue,
+so a saturated agent holds back every topic (head-of-line blocking, not a stall).
+
+It replaces Faust internals, so it is pinned: with another faust-streaming or mode-streaming version it
+is not applied and :func:`apply` logs an ERROR saying so (check the fix upstream, then re-pin or drop it).
 Records below the committed offset (already processed and committed) are still dropped quietly.
 """
 
@@ -40,6 +69,7 @@ from typing import Any, cast
 log = logging.getLogger(__name__)
 
 PINNED_VERSION = "0.15.3"
+PINNED_MODE_VERSION = "0.7.1"
 DELIVERED_PRUNE_AT = 4096
 DropListener = Callable[[str, int, int], None]
 
@@ -48,6 +78,8 @@ _state: dict[str, Any] = {"applied": False, "version": None}
 #: Both True in production. Reproductions set them False to see upstream's behaviour with drops reported.
 guard_stale_writes = True
 reread_dropped = True
+#: True in production: a gap never covers records the loop delivered nor the one it is delivering.
+exact_gaps = True
 
 
 def faust_version() -> str:
@@ -57,11 +89,31 @@ def faust_version() -> str:
     return str(faust.__version__)
 
 
+def mode_version() -> str:
+    """The installed mode-streaming version (its ``mode.__version__`` is not maintained)."""
+    from importlib.metadata import version
+
+    return version("mode-streaming")
+
+
 def upstream_drain_messages() -> Any:
     """Faust's own ``Consumer._drain_messages`` (the current one while the patch is not applied)."""
     from faust.transport import consumer as fc
 
     return _state.get("upstream_drain_messages") or fc.Consumer._drain_messages
+
+
+def upstream_flow_resume() -> Any:
+    """mode's own ``FlowControlEvent.resume`` (which clears the managed queues)."""
+    from mode.utils.queues import FlowControlEvent
+
+    return _state.get("upstream_flow_resume") or FlowControlEvent.resume
+
+
+def _resume_keeping_queues(self: Any) -> None:
+    """``FlowControlEvent.resume`` without clearing the queues (Faust clears them on revocation itself)."""
+    self._suspend.clear()
+    self._resume.set()
 
 
 def applied() -> bool:
@@ -78,15 +130,20 @@ def apply() -> bool:
     """Patch Faust's consumer (idempotent); False, with an ERROR log, when the version is not the pinned one."""
     if _state["applied"]:
         return True
-    version = faust_version()
-    if version != PINNED_VERSION:
+    version = f"{faust_version()}/{mode_version()}"
+    if version != f"{PINNED_VERSION}/{PINNED_MODE_VERSION}":
         if _state["version"] != version:
-            log.error("faust consumer fix NOT applied: it is pinned to faust-streaming %s, found %s; records "
-                      "may be dropped silently after a seek (faust-streaming/faust#596) - re-check and re-pin "
-                      "citystream.processors.faust_fixes", PINNED_VERSION, version)
+            log.error("faust consumer fix NOT applied: it is pinned to faust-streaming/mode-streaming %s/%s, found "
+                      "%s; records may be dropped silently after a seek (faust-streaming/faust#596) or cleared "
+                      "after recovery (faust-streaming/faust#629) - re-check and re-pin "
+                      "citystream.processors.faust_fixes", PINNED_VERSION, PINNED_MODE_VERSION, version)
             _state["version"] = version
         return False
     from faust.transport import consumer as fc
+    from mode.utils.queues import FlowControlEvent
+
+    _state["upstream_flow_resume"] = FlowControlEvent.resume
+    FlowControlEvent.resume = _resume_keeping_queues
 
     base = fc.Consumer
     _state["upstream_drain_messages"] = base._drain_messages
@@ -183,6 +240,23 @@ async def _dropped(consumer: Any, tp: Any, offset: int) -> bool:
     return True
 
 
+async def _add_gap(consumer: Any, delivered: set[int], tp: Any, first: int, offset: int) -> None:
+    """Record the offsets from ``first`` up to the record at ``offset`` as a gap (committable without an ack).
+
+    Upstream marks ``first..offset``, the delivered record included; with :data:`exact_gaps` the gap
+    starts after the records already handed to the streams and ends before ``offset``.
+    """
+    if not exact_gaps:
+        await consumer._add_gap(tp, first, offset)
+        return
+    for seen in sorted(o for o in delivered if first <= o < offset):
+        if first < seen:
+            await consumer._add_gap(tp, first, seen - 1)
+        first = seen + 1
+    if first < offset:
+        await consumer._add_gap(tp, first, offset - 1)
+
+
 async def _drain_messages(self: Any, fetcher: Any) -> None:
     """Faust 0.15.3's ``Consumer._drain_messages`` with the stale-read-offset guard and drop reporting."""
     # Same loop as upstream (faust/transport/consumer.py, BSD-3-Clause), changes marked "citystream".
@@ -223,12 +297,14 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                         fresh = not guard or seeks[tp] == fetched_after[tp]  # citystream: fetched after last seek
                         if gap > 1 and r_offset and fresh:
                             if acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
+                                await _add_gap(self, delivered[tp], tp, r_offset + 1, offset)  # citystream
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        _note_delivered(self, delivered[tp], tp, offset)  # citystream
+                        handing = callback(message)  # citystream: named, to see whether it finished
+                        handed = await self.wait_first(handing, self.suspend_flow.wait())
+                        if handing in handed.done:  # citystream: not when a rebalance cut the hand-over short
+                            _note_delivered(self, delivered[tp], tp, offset)
                         if not guard or seeks[tp] == fetched_after[tp]:  # citystream: a later seek wins
                             set_read_offset(tp, offset)
                     else:

@@ -1,10 +1,13 @@
 """Worker liveness: stop a worker whose input waits while nothing of it is processed.
 
 Faust can stall without an error: in 1 of 31 restarts with a backlog and 1 of 8 two-worker
-rebalances measured here (faust-streaming 0.15.3, root cause not found), a worker kept running but
-stopped taking records from some input partitions. A stalled worker looks healthy to its
-supervisor, so the worker watches itself: every ``CHECK_EVERY_S`` it compares, per assigned input
-partition, the committed offset with the partition's high-water mark. A partition with records
+rebalances measured here (faust-streaming 0.15.3), a worker kept running but stopped taking records
+from some input partitions. The cause found (issue 14): at the end of recovery Faust cleared the
+agents' queues after seeking to the committed offsets, so records fetched in between were never
+processed and the commit stopped at them; :mod:`faust_fixes` keeps those queues. The watchdog stays
+as a last resort. A stalled worker looks healthy to its supervisor, so the worker watches itself:
+every ``CHECK_EVERY_S`` it compares, per assigned input partition, the committed offset with the
+partition's high-water mark. A partition with records
 waiting whose committed offset has not moved for ``worker.stall_timeout_s`` is stalled; the worker
 then logs an ERROR naming the partitions, counts ``citystream_worker_stalls_total``, stops
 gracefully (SIGTERM to itself: acknowledged work is committed) and exits with code
