@@ -321,3 +321,17 @@ def test_a_full_frames_queue_blocks_the_fetch_loop_for_readings_too(tmp_path: Pa
     frames_held, readings_got = asyncio.run(scenario())
     assert frames_held == 2
     assert readings_got <= 5, readings_got  # readings wait behind the frames channel's put
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("faust_version, mode_version", [("0.15.4", "0.7.1"), ("0.15.3", "0.8.0")])
+def test_the_patch_refuses_an_unverified_faust_or_mode_version(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               faust_version: str, mode_version: str) -> None:
+    monkeypatch.setattr(faust_fixes, "_state", {"applied": False, "version": None})
+    monkeypatch.setattr(faust_fixes, "faust_version", lambda: faust_version)
+    monkeypatch.setattr(faust_fixes, "mode_version", lambda: mode_version)
+    with caplog.at_level("ERROR", logger="citystream.processors.faust_fixes"):
+        assert not faust_fixes.apply()
+    assert any("NOT applied" in r.getMessage() and f"{faust_version}/{mode_version}" in r.getMessage()
+               for r in caplog.records)
