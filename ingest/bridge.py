@@ -22,6 +22,11 @@ of Kafka loses it (Mosquitto's own limits are listed below).
   its session while the broker runs. This covers the first start, a clean broker restart, a broker
   crash and any number of replicas on the share. Publishers that ignore the announcement (not
   citystream gateways) can still lose messages sent before the first bridge re-subscribes.
+- Confirmations: once Kafka confirmed a record (or the dead letter that replaces it), its
+  (tenant, gateway, stream, seq) is sent back to the gateway on ``{root}/_bridge/confirm/{tenant}/
+  {gateway}`` every ``bridge.confirm_interval_s`` (:mod:`citystream.ingest.confirm`); gateways keep a
+  row until it is confirmed and send unconfirmed rows again after a reconnect. So what Mosquitto
+  acked and then lost — a ``kill -9`` between its snapshots — comes again (duplicates, same ids).
 - What Mosquitto keeps for a stopped bridge is bounded by its own settings: beyond
   ``max_queued_messages``/``max_queued_bytes`` per session Mosquitto drops (the stack sets them
   high); after ``session_expiry_s`` offline the session and its queue are gone. With shared
@@ -80,6 +85,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from citystream.ingest.bridge_kafka import KafkaOut, is_permanent
 from citystream.ingest.bridge_metrics import BridgeMetrics
 from citystream.ingest.bridge_mqtt import BridgeClient, FastMessage
+from citystream.ingest.confirm import Confirmations
 from citystream.ingest.inflight import InflightWindow, Slot
 from citystream.ingest.seqtrack import Gap, SeqTracker
 from citystream.ingest.validate import RECEIVED_HEADER, Accepted, Rejected, Validator, received_at
@@ -146,7 +152,9 @@ class Bridge:
         self._backoff = 0.5
         self._started = False
         self._next_ready = 0.0
+        self._next_confirm = 0.0
         self.ready_topic = bridge_ready_topic(settings.mqtt.topic_root)
+        self.confirms = Confirmations(settings.mqtt.topic_root)
         self.mqtt = self._make_client()
 
     # --- MQTT side -----------------------------------------------------------------------------
@@ -223,33 +231,37 @@ class Bridge:
             log.exception("validation failed unexpectedly", extra={"topic": topic})
             result = Rejected("internal_error", f"{type(exc).__name__}: {exc}")
         if isinstance(result, Accepted):
+            ident = (result.tenant, result.gateway, result.stream, result.seq)
             self.out.produce(self.topics[result.stream], payload, result.key, result.headers,
-                             partial(self._delivered, slot, result.stream), frame=result.stream == "frame")
+                             partial(self._delivered, slot, result.stream, ident), frame=result.stream == "frame")
             if self.tracker is not None:
                 self._track(result)
         else:
-            self._dead_letter(slot, topic, payload, props, result)
+            self._dead_letter(slot, topic, payload, props, result, self.confirms.identify(topic, payload, props))
 
     # --- Kafka side ----------------------------------------------------------------------------
-    def _delivered(self, slot: Slot, stream: str, err: KafkaError | None, msg: Message) -> None:
+    def _delivered(self, slot: Slot, stream: str, ident: tuple[str, str, str, int] | None, err: KafkaError | None,
+                   msg: Message) -> None:
         if err is None:
             produced = self.metrics.produced_due
             produced[stream] = produced.get(stream, 0) + 1
             self.window.close(slot)
+            if ident is not None:
+                self.confirms.add(*ident)
             return
         if is_permanent(err) and stream != "dlq":
             log.error("kafka rejected record", extra={"topic": msg.topic(), "error": err.str()})
             rej = Rejected("kafka_rejected", f"kafka: {err.str()}", key=(msg.key() or b"").decode(errors="replace"))
             headers = [(k, _text(v)) for k, v in (msg.headers() or [])]
-            self._dead_letter(slot, msg.topic() or "", msg.value() or b"", headers, rej)
+            self._dead_letter(slot, msg.topic() or "", msg.value() or b"", headers, rej, ident)
             return
         self.metrics.retries.inc()
         log.warning("kafka delivery failed, producing again", extra={"topic": msg.topic(), "error": err.str()})
         self.out.produce(msg.topic() or "", msg.value() or b"", msg.key(), msg.headers(),
-                         partial(self._delivered, slot, stream), frame=stream == "frame")
+                         partial(self._delivered, slot, stream, ident), frame=stream == "frame")
 
     def _dead_letter(self, slot: Slot, topic: str, payload: bytes, props: list[tuple[str, str]],
-                     rej: Rejected) -> None:
+                     rej: Rejected, ident: tuple[str, str, str, int] | None = None) -> None:
         keep = self.settings.bridge.dlq_max_original_bytes
         detail = rej.detail
         if len(payload) > keep:
@@ -259,7 +271,8 @@ class Bridge:
                                   headers=dict(props), tenant=rej.tenant)
         self.metrics.dlq.labels(rej.reason).inc()
         log.info("dead letter", extra={"reason": rej.reason, "topic": topic, "detail": detail[:200]})
-        self.out.produce(self.dlq_topic, to_json(letter), rej.key or None, None, partial(self._delivered, slot, "dlq"))
+        self.out.produce(self.dlq_topic, to_json(letter), rej.key or None, None,
+                         partial(self._delivered, slot, "dlq", ident))
 
     def _track(self, acc: Accepted) -> None:
         assert self.tracker is not None
@@ -361,13 +374,18 @@ class Bridge:
         self._update_gauges()
 
     def _announce(self) -> None:
-        """Tell gateways (every ``ready_interval_s``) that this bridge's subscription is in place."""
+        """Tell gateways that this bridge's subscription is in place, and which of their seqs Kafka has."""
         now = time.monotonic()
-        if not self.subscribed.is_set() or now < self._next_ready:
+        if not self.subscribed.is_set():
             return
-        self._next_ready = now + self.settings.bridge.ready_interval_s
-        body = orjson.dumps({"client_id": self.client_id, "share_group": self.settings.bridge.share_group})
-        self.mqtt.publish(self.ready_topic, body, qos=0, retain=False)
+        if now >= self._next_confirm and len(self.confirms):
+            self._next_confirm = now + self.settings.bridge.confirm_interval_s
+            for topic, body in self.confirms.drain():
+                self.mqtt.publish(topic, body, qos=0, retain=False)
+        if now >= self._next_ready:
+            self._next_ready = now + self.settings.bridge.ready_interval_s
+            body = orjson.dumps({"client_id": self.client_id, "share_group": self.settings.bridge.share_group})
+            self.mqtt.publish(self.ready_topic, body, qos=0, retain=False)
 
     def _update_gauges(self) -> None:
         self.metrics.flush()

@@ -21,6 +21,13 @@ captures wait in the spool (``spooled_total``); ``citystream_gateway_bridge_read
 and a warning is logged every ``gateway.bridge_wait_warn_s`` (no bridge running, or an ACL that
 does not let this gateway read the topic).
 
+Confirmations: with ``gateway.confirm`` (default) a PUBACK no longer deletes a row: it waits until a
+bridge confirms that Kafka has its seq (``{root}/_bridge/confirm/{tenant}/{gateway}``, see
+:mod:`citystream.ingest.confirm`), and every row still unconfirmed is sent again after a reconnect.
+A broker that acked a message and then lost it (a ``kill -9`` between its snapshots, a dropped
+queue) therefore costs a duplicate, not the message. ``citystream_gateway_unconfirmed_messages``
+counts rows acked by the broker and not yet confirmed.
+
 Delivery guarantee: at-least-once per message, in spool (= capture) order per gateway; duplicates
 (a PUBACK lost with the connection, a crash between PUBACK and delete) carry the same ``event_id``
 and are removed downstream. A PUBACK with a failure reason (e.g. 0x87 "Not authorized" from the
@@ -36,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -43,8 +51,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from citystream.ingest.confirm import seqs_of
 from citystream.ingest.spool import Spool, Spooled
-from citystream.schemas.topics import bridge_ready_topic
+from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
 from citystream.settings import MqttSettings
 from citystream.settings.gateway import GatewaySettings
 
@@ -79,6 +88,8 @@ class GatewayMetrics:
         self.spool_messages = Gauge("citystream_gateway_spool_messages", "Messages waiting in the disk spool",
                                     registry=registry)
         self.connected = Gauge("citystream_gateway_connected", "Gateways connected to the broker", registry=registry)
+        self.unconfirmed = Gauge("citystream_gateway_unconfirmed_messages", "Messages the broker acked that no bridge "
+                                 "has confirmed in Kafka yet (kept in the spool)", registry=registry)
         self.bridge_ready = Gauge("citystream_gateway_bridge_ready", "Gateways that saw a bridge announcement on "
                                   "their current connection (they publish only then)", registry=registry)
         self.cameras_up = Gauge("citystream_gateway_cameras_up", "Cameras delivering frames", registry=registry)
@@ -120,6 +131,9 @@ class Publisher:
         self._max_packet = 0
         self._window = gateway.window
         self._ready_topic = bridge_ready_topic(mqtt_settings.topic_root)
+        self._confirm_topic = bridge_confirm_topic(mqtt_settings.topic_root, gateway.tenant, gateway.gateway_id)
+        self._awaiting: dict[tuple[str, int], int] = {}  # (stream, seq) -> spool row id, acked by the broker
+        self._early: set[tuple[str, int]] = set()  # confirmed before their PUBACK arrived
         self.bridge_ready = not gateway.wait_for_bridge
         self._connected_at = 0.0
         self._next_wait_warning = 0.0
@@ -169,6 +183,8 @@ class Publisher:
         self._backoff = self.gateway.reconnect_min_s
         self._replay_upto = max(self._replay_upto, self.spool.last_id)
         self.metrics.connected.inc()
+        if self.gateway.confirm:
+            client.subscribe(self._confirm_topic, qos=0)
         if self.gateway.wait_for_bridge:
             self.bridge_ready = False
             self._connected_at = time.monotonic()
@@ -179,12 +195,32 @@ class Publisher:
         self.connack.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._confirm_topic:
+            self._confirmed(bytes(msg.payload))
+            return
         if msg.topic != self._ready_topic or self.bridge_ready:
             return
         self.bridge_ready = True
         self.metrics.bridge_ready.inc()
         log.info("bridge ready; publishing", extra={"gateway": self.gateway.gateway_id, "spooled": self.spool.count,
                                                     "waited_s": round(time.monotonic() - self._connected_at, 3)})
+
+    def _confirmed(self, payload: bytes) -> None:
+        """Delete the rows a bridge confirmed; remember confirmations that overtook their PUBACK."""
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        inflight = {(e.row.stream, e.row.seq) for e in self._inflight.values()}
+        for stream, runs in doc.items():
+            for seq in seqs_of(runs):
+                row_id = self._awaiting.pop((stream, seq), None)
+                if row_id is not None:
+                    self._acked.append(row_id)
+                elif (stream, seq) in inflight:
+                    self._early.add((stream, seq))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected and self.gateway.wait_for_bridge and self.bridge_ready:
@@ -204,8 +240,13 @@ class Publisher:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
-        self._acked.append(entry.row.id)
         row = entry.row
+        key = (row.stream, row.seq)
+        if not self.gateway.confirm or reason.is_failure or key in self._early:
+            self._early.discard(key)
+            self._acked.append(row.id)
+        else:
+            self._awaiting[key] = row.id  # deleted when a bridge confirms it
         if reason.is_failure:
             name = "not_authorized" if int(reason.value) == 135 else "refused"
             self.metrics.dropped.labels(name).inc()
@@ -233,6 +274,8 @@ class Publisher:
             self.client = self._make_client()
             self._fresh_client = False
             self._inflight.clear()
+            self._awaiting.clear()  # the broker may have lost them: they go again with the rest
+            self._early.clear()
             self._cursor = 0
         if self._will is not None and (self._will_needed or self._last_will is None):
             self._last_will = self._will()
@@ -300,6 +343,7 @@ class Publisher:
                         "waited_s": round(time.monotonic() - self._connected_at, 1)})
         self.metrics.spool_bytes.set(self.spool.bytes)
         self.metrics.spool_messages.set(self.spool.count)
+        self.metrics.unconfirmed.set(len(self._awaiting))
 
     def run(self) -> None:
         """Publish until ``stop`` was called and the spool is empty or the drain time is over."""

@@ -9,13 +9,15 @@ MQTT (gateway -> broker), QoS 1, MQTT v5::
 ``root`` is ``mqtt.topic_root`` (default ``city``). The bridge subscribes with a shared
 subscription ``$share/{group}/{root}/+/+/+/+/+``.
 
-Bridge readiness (bridge -> gateways), QoS 0, not retained::
+Bridge readiness and confirmations (bridge -> gateways), QoS 0, not retained::
 
     {root}/_bridge/ready                                JSON {"client_id", "share_group"}, every second
+    {root}/_bridge/confirm/{tenant}/{gateway}           JSON {stream: [[first_seq, last_seq], ...]}
 
 A bridge publishes it only while its subscription is in place; a gateway publishes nothing on a
 connection before it has seen one (see ``ingest/publisher.py``: the broker would PUBACK and drop
-messages that arrive before any subscription exists, e.g. after a broker restart).
+messages that arrive before any subscription exists, e.g. after a broker restart). A confirmation
+says Kafka has those seqs (or their dead letters); only then does a gateway delete them from its spool.
 
 Kafka: every record is keyed by ``device_id`` so one device's events stay in order in one
 partition. ``kafka.topic_prefix`` is prepended to every name (tests, several cities on one cluster).
@@ -92,6 +94,11 @@ def mqtt_subscription(root: str, share_group: str | None = None) -> str:
 def bridge_ready_topic(root: str) -> str:
     """Topic on which running bridges announce that their subscription is in place."""
     return f"{root}/_bridge/ready"
+
+
+def bridge_confirm_topic(root: str, tenant: str, gateway: str) -> str:
+    """Topic on which bridges confirm to one gateway the seqs Kafka has."""
+    return f"{root}/_bridge/confirm/{tenant}/{gateway}"
 
 
 @dataclass(frozen=True)

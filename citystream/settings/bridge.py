@@ -38,3 +38,5 @@ class BridgeSettings(Section):
                                                            "(gateways hold their spools until a bridge is back)")
     ready_interval_s: float = Field(1.0, gt=0, le=60,
                                     description="how often a subscribed bridge publishes {root}/_bridge/ready")
+    confirm_interval_s: float = Field(0.5, gt=0, le=60, description="how often Kafka-confirmed seqs are sent back "
+                                      "to their gateways on {root}/_bridge/confirm/{tenant}/{gateway}")

@@ -157,6 +157,8 @@ class GatewaySettings(Section):
     wait_for_bridge: bool = Field(True, description="publish on a connection only after a bridge announced its "
                                   "subscription on {root}/_bridge/ready (off: the broker may drop what arrives "
                                   "before the bridge re-subscribes, e.g. after a broker restart)")
+    confirm: bool = Field(True, description="keep each message in the spool until a bridge confirms Kafka has it "
+                          "(off: delete on the broker's PUBACK; a broker crash can then lose what it acked)")
     bridge_wait_warn_s: float = Field(30.0, gt=0, description="log a warning when connected this long without "
                                       "a bridge announcement")
     connect_timeout_s: float = Field(10.0, gt=0)

@@ -17,19 +17,23 @@ ACL = """\
 # Every login may read the bridges' readiness announcement: gateways publish only after one.
 pattern read +/_bridge/ready
 
-# The bridge reads every device stream and publishes only its readiness announcement.
+# The bridge reads every device stream and publishes only its announcements and confirmations.
 user bridge
 topic read #
-topic write +/_bridge/ready
+topic write +/_bridge/#
 
-# Development gateway login used by the simulator and the demo: may publish any device stream.
+# Development gateway login used by the simulator and the demo: may publish any device stream and
+# read every gateway's confirmations.
 user gateway
 topic write #
+topic read +/_bridge/confirm/#
 topic read $SYS/broker/uptime
 
-# A production gateway logs in with its gateway id as username and may only publish its own topics:
-#   {root}/{tenant}/{gateway_id}/...
+# A production gateway logs in with its gateway id as username and may only publish its own topics
+# and read its own confirmations:
+#   {root}/{tenant}/{gateway_id}/...        {root}/_bridge/confirm/{tenant}/{gateway_id}
 pattern write +/+/%u/#
+pattern read +/_bridge/confirm/+/%u
 """
 
 

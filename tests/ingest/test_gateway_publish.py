@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from citystream.ingest.gateway import AuthRefused, Gateway
 from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import FrameMeta
-from citystream.schemas.topics import bridge_ready_topic
+from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
 from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings import Settings, load_settings
 
@@ -62,8 +62,9 @@ class Subscriber:
     """A QoS 1 MQTT v5 subscriber logged in as the bridge; ``persistent`` keeps its session across restarts.
 
     Like the bridge, it announces on ``{root}/_bridge/ready`` while its subscription is in place on
-    the current connection (gateways publish only after such an announcement); ``announce=False``
-    plays a subscriber that does not.
+    the current connection (gateways publish only after such an announcement) and confirms every
+    message it received (gateways delete a row only when confirmed); ``announce=False`` plays a
+    subscriber that does neither.
     """
 
     def __init__(self, settings: Settings, topic_filter: str, persistent: bool = False,
@@ -74,6 +75,8 @@ class Subscriber:
         self._closed = threading.Event()
         self.topic_filter = topic_filter
         self.ready_topic = bridge_ready_topic(settings.mqtt.topic_root)
+        self.root = settings.mqtt.topic_root
+        self.announce = announce
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(settings.mqtt.username, settings.mqtt.password.get_secret_value())
@@ -101,11 +104,24 @@ class Subscriber:
             client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == self.ready_topic:
+        if msg.topic.startswith(f"{self.root}/_bridge/"):
             return
         pairs = tuple(getattr(msg.properties, "UserProperty", None) or ())
+        received = Received(msg.topic, bytes(msg.payload), pairs, msg.qos)
         with self._lock:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), pairs, msg.qos))
+            self.messages.append(received)
+        if self.announce:
+            self._confirm(received)
+
+    def _confirm(self, msg: Received) -> None:
+        parts = msg.topic.split("/")
+        try:
+            seq = int(msg.doc()["seq"])
+        except Exception:  # not a gateway message: nothing to confirm
+            return
+        if len(parts) == 6:
+            topic = bridge_confirm_topic(self.root, parts[1], parts[2])
+            self.client.publish(topic, orjson.dumps({msg.stream: [[seq, seq]]}), qos=0)
 
     def received(self) -> list[Received]:
         with self._lock:
@@ -267,7 +283,7 @@ def test_frame_over_the_brokers_packet_limit_is_dropped_and_counted_not_stuck(
     settings = stack_settings(stack_home, unique, tmp_path, gateway_id="gw-big", cameras=[
         {"type": "images", "device_id": "cam-1", "path": str(images), "pattern": "*.png", "loop": False,
          "realtime": False, "width": 4000, "height": 4000, "jpeg_quality": 100, "motion": {"enabled": False}}])
-    sub = Subscriber(settings, f"{unique}/+/+/camera/#")
+    sub = Subscriber(settings, f"{unique}/#")  # every stream, so every row is confirmed
     registry = CollectorRegistry()
     gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
     try:
@@ -276,7 +292,7 @@ def test_frame_over_the_brokers_packet_limit_is_dropped_and_counted_not_stuck(
     finally:
         gw.stop(drain_s=2)
         sub.close()
-    (frame,) = sub.received()
+    (frame,) = [m for m in sub.received() if m.stream == "frame"]
     assert frame.doc()["seq"] == 1 and frame.doc()["width"] == 320
     assert metric(registry, "citystream_gateway_dropped_total", reason="too_large") == 1
     assert gw.spool.count == 0
