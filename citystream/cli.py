@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "faces": ("citystream.processors.faces_cli", "faces", "Match faces in images against a watchlist offline."),
     "watchlist": ("citystream.processors.watchlist_cli", "watchlist", "Manage plate and face watchlists."),
     "sink": ("citystream.sinks.cli", "sink", "Kafka -> ClickHouse sink (commits offsets after insert)."),
+    "topics": ("citystream.topics_cli", "topics", "Create/update the Kafka topics of the topic map from settings."),
     "migrate": ("citystream.schemas.cli", "migrate", "Apply ClickHouse migrations in order (idempotent)."),
     "query": ("citystream.sinks.query_cli", "query", "Run read-only SQL against the analytics store."),
     "demo": ("citystream.demo", "demo", "Run the whole pipeline end to end on the local stack."),

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 
@@ -202,39 +201,20 @@ def internal_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]
 
 
 def prepare_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the topic map's and Faust's internal topics, then wait until the broker's metadata shows them.
+    """Create/update the topic map's and Faust's internal topics, then wait until the broker's metadata shows them.
 
     Faust creates its internal topics itself, but concurrently with joining the group: when the
     assignment runs before the new changelog is in the metadata, the table's partitions mismatch its
-    source and the worker keeps rebalancing. Creating them first removes that race.
+    source and the worker keeps rebalancing. Creating them first removes that race. Topic admin is
+    :mod:`citystream.topics` (``citystream topics apply``), with ``kafka.replication_factor``.
+    Note: ``make_faust_app`` still passes ``topic_replication_factor=1`` to Faust; it only matters for a
+    topic Faust would create itself, and every one it uses exists by now.
     """
-    from confluent_kafka.admin import NewTopic
+    from citystream import topics
 
-    from citystream.stack.kafka import admin, ensure_topics
-
-    ensure_topics(settings, timeout_s)
-    client = admin(settings)
-    wanted = {settings.kafka.topic(t.name): t.partitions for t in TOPICS}
-    internal = internal_topics(settings)
-    wanted.update({name: parts for name, (parts, _conf) in internal.items()})
-    existing = client.list_topics(timeout=timeout_s).topics
-    missing = [NewTopic(name, num_partitions=parts, replication_factor=1, config=conf)
-               for name, (parts, conf) in internal.items() if name not in existing]
-    for name, future in (client.create_topics(missing, request_timeout=timeout_s).items() if missing else []):
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
-    deadline = time.monotonic() + timeout_s
-    while True:
-        topics = client.list_topics(timeout=timeout_s).topics
-        absent = [n for n, parts in wanted.items() if n not in topics or len(topics[n].partitions) < parts]
-        if not absent:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topics not visible in the cluster metadata after {timeout_s} s: {absent}")
-        time.sleep(0.2)
+    internal = [topics.extra_topic(settings, name, parts, conf)
+                for name, (parts, conf) in internal_topics(settings).items()]
+    topics.apply(settings, internal, timeout_s=timeout_s)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool | None = None) -> WorkerContext:

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from citystream.schemas.topics import TOPICS
 from citystream.settings.base import Section, TlsSettings
 
 
@@ -23,8 +24,20 @@ class MqttSettings(Section):
     tls: TlsSettings | None = None
 
 
+class TopicOverride(Section):
+    """Per-topic changes to the topic map's defaults (``schemas/topics.py``); unset fields keep the default."""
+
+    partitions: int | None = Field(None, ge=1, description="more partitions allow more consumers; never decreased")
+    retention_ms: int | None = Field(None, ge=-1, description="-1 = keep forever")
+    max_message_bytes: int | None = Field(None, ge=1024)
+
+
 class KafkaSettings(Section):
-    """Where Kafka is; security options pass through to librdkafka as they are."""
+    """Where Kafka is; security options pass through to librdkafka as they are.
+
+    The topic keys (``replication_factor``, ``min_insync_replicas``, ``topics``) are what
+    ``citystream topics apply`` creates and updates; compaction stays as the topic map defines it.
+    """
 
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
@@ -33,6 +46,28 @@ class KafkaSettings(Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
+    replication_factor: int = Field(1, ge=1, le=16, description="of every topic created (3 on a production "
+                                    "cluster; 1 only for a single-broker development stack)")
+    min_insync_replicas: int | None = Field(None, ge=1, description="topic min.insync.replicas (with acks=all: "
+                                            "how many replicas must have a record); None = the broker's default")
+    topics: dict[str, TopicOverride] = Field(default_factory=dict,
+                                             description="topic map name (without prefix) -> overrides")
+
+    @field_validator("topics")
+    @classmethod
+    def _known_topics(cls, value: dict[str, TopicOverride]) -> dict[str, TopicOverride]:
+        known = [t.name for t in TOPICS]
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown topic(s) {', '.join(unknown)}; topics: {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) must not exceed "
+                             f"replication_factor ({self.replication_factor})")
+        return self
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by producers, consumers and the admin client."""

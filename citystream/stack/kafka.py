@@ -2,7 +2,7 @@
 
 The broker jars come from Maven Central (``deploy/local/pom.xml``, copied by ``make setup``)
 and run on the machine's Java 17. Storage is formatted on first start; topics of the topic map
-are created before ``up`` returns.
+are created (or updated) by :mod:`citystream.topics` before ``up`` returns.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-from citystream.schemas.topics import TOPICS, topic_name
+from citystream import topics
 from citystream.settings import Settings
 from citystream.stack.mosquitto import StackError, wait_listening
 from citystream.stack.procs import Managed, alive, log_tail
@@ -111,7 +111,7 @@ def format_storage(settings: Settings, props: Path) -> None:
 
 def admin(settings: Settings) -> AdminClient:
     """An admin client for the configured cluster."""
-    return AdminClient({**settings.kafka.client_config(), "socket.timeout.ms": 5000})
+    return topics.admin_client(settings)
 
 
 def wait_healthy(settings: Settings, managed: Managed | None, pid: int | None, timeout_s: float) -> None:
@@ -133,20 +133,11 @@ def wait_healthy(settings: Settings, managed: Managed | None, pid: int | None, t
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create the topic map's topics (with the configured prefix) that do not exist yet."""
-    client = admin(settings)
-    existing = set(client.list_topics(timeout=10).topics)
-    wanted = [NewTopic(topic_name(settings.kafka.topic_prefix, t.name), num_partitions=t.partitions,
-                       replication_factor=1, config=t.config()) for t in TOPICS]
-    missing = [t for t in wanted if t.topic not in existing]
-    if missing:
-        for name, fut in client.create_topics(missing, request_timeout=timeout_s).items():
-            try:
-                fut.result(timeout=timeout_s)
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise StackError(f"cannot create topic {name}: {exc}") from exc
-    return [t.topic for t in missing]
+    """Apply the topic map (``citystream topics apply``) to this cluster; returns the topics created."""
+    try:
+        return topics.apply(settings, timeout_s=timeout_s).created
+    except topics.TopicError as exc:
+        raise StackError(str(exc)) from exc
 
 
 def up(settings: Settings) -> int:

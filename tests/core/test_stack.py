@@ -1,4 +1,4 @@
-"""The local stack on real servers: status contract, auth, topics, data surviving down/up."""
+"""The local stack on real servers: status contract, auth, topics (``topics apply``), data surviving down/up."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import ConfigResource, ResourceType
 
-from citystream.schemas.topics import RAW_READINGS, TOPICS
-from citystream.settings import load_settings
+from citystream.schemas.topics import ALERTS, DAY_MS, RAW_FRAMES, RAW_READINGS, TOPICS
+from citystream.settings import Settings, dump_settings, load_settings
 from citystream.stack.kafka import admin
 from tests.conftest import REPO, citystream, free_port
 
@@ -82,3 +83,65 @@ def test_down_keeps_data_and_up_is_idempotent(tmp_path: Path) -> None:
         assert seen == [marker]
     finally:
         citystream("stack", "down", config=base, check=False)
+
+
+def _topic_state(s: Settings, name: str) -> tuple[int, int, dict[str, str]]:
+    """(partitions, replication factor, configs) of one topic on the cluster."""
+    client = admin(s)
+    meta = client.list_topics(timeout=10).topics[name]
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    entries = client.describe_configs([resource])[resource].result(timeout=10)
+    return (len(meta.partitions), len(meta.partitions[0].replicas), {k: e.value for k, e in entries.items()})
+
+
+def test_topics_apply_creates_updates_and_is_idempotent(stack_home: Path, unique: str, tmp_path: Path) -> None:
+    s = load_settings(stack_home, {"kafka.topic_prefix": f"{unique}."})
+    config = tmp_path / "citystream.yaml"
+    config.write_text(yaml.safe_dump(dump_settings(s)))
+
+    dry = orjson.loads(citystream("topics", "apply", "--dry-run", "--json", config=config).stdout)
+    assert dry["dry_run"] and dry["changed"] == len(TOPICS)
+    assert all(t["actions"] == ["create"] for t in dry["topics"])
+    assert not any(n.startswith(f"{unique}.") for n in admin(s).list_topics(timeout=10).topics), "dry run created"
+
+    done = orjson.loads(citystream("topics", "apply", "--json", config=config).stdout)
+    assert {t["topic"] for t in done["topics"]} == {f"{unique}.{t.name}" for t in TOPICS}
+    for spec in TOPICS:
+        parts, rf, conf = _topic_state(s, f"{unique}.{spec.name}")
+        assert (parts, rf) == (spec.partitions, 1)
+        assert conf["cleanup.policy"] == ("compact" if spec.compacted else "delete")
+        assert conf["retention.ms"] == str(spec.retention_ms)
+        assert conf["max.message.bytes"] == str(spec.max_message_bytes)
+
+    # settings change: more partitions for frames, longer alert retention, a smaller max for readings
+    s2 = load_settings(config, {"kafka.topics": {
+        RAW_FRAMES: {"partitions": 8}, ALERTS: {"retention_ms": 90 * DAY_MS},
+        RAW_READINGS: {"max_message_bytes": 65536, "partitions": 2}}})
+    config.write_text(yaml.safe_dump(dump_settings(s2)))
+    res = citystream("topics", "apply", config=config)
+    assert "add_partitions" in res.stdout and "alter_config" in res.stdout
+    assert "Kafka cannot remove partitions" in res.stdout  # raw.readings asks for 2 of 6: kept
+    assert _topic_state(s, f"{unique}.{RAW_FRAMES}")[0] == 8
+    assert _topic_state(s, f"{unique}.{ALERTS}")[2]["retention.ms"] == str(90 * DAY_MS)
+    parts, _, conf = _topic_state(s, f"{unique}.{RAW_READINGS}")
+    assert parts == 6 and conf["max.message.bytes"] == "65536"
+
+    again = orjson.loads(citystream("topics", "apply", "--json", config=config).stdout)
+    assert again["changed"] == 0, again
+
+    # a replication factor the cluster cannot hold fails before anything is created
+    config.write_text(yaml.safe_dump({**dump_settings(s2), "kafka": {
+        **dump_settings(s2)["kafka"], "topic_prefix": f"{unique}x.", "replication_factor": 3}}))
+    bad = citystream("topics", "apply", config=config, check=False)
+    assert bad.returncode == 1 and "replication factor 3" in bad.stderr and "has 1" in bad.stderr
+    assert not any(n.startswith(f"{unique}x.") for n in admin(s).list_topics(timeout=10).topics)
+
+
+def test_the_worker_prepares_its_internal_topics_through_the_topic_admin(settings: Settings) -> None:
+    from citystream.processors.app import internal_topics, prepare_topics
+
+    prepare_topics(settings)
+    names = admin(settings).list_topics(timeout=10).topics
+    for name, (parts, conf) in internal_topics(settings).items():
+        assert name in names and len(names[name].partitions) == parts
+        assert _topic_state(settings, name)[2]["cleanup.policy"] == conf.get("cleanup.policy", "delete")
