@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 from types import FrameType
+from typing import Any
 
 import click
 from prometheus_client import CollectorRegistry
@@ -123,3 +124,79 @@ def simulate_cmd(ctx: click.Context, config: str | None, gateways: int, cameras:
                    f"published {stats.published.get(stream, 0):8d}")
     if stats.dropped or stats.left_in_spool:
         click.echo(f"  dropped {stats.dropped}  left in spool {stats.left_in_spool}")
+
+
+def _identity_options(func: Any) -> Any:
+    func = click.option("--gateway", "gateway_id", required=True, help="Gateway id (as in its topics).")(func)
+    return click.option("--tenant", required=True, help="Tenant (municipality) the gateway belongs to.")(func)
+
+
+@gateway.command("provision")
+@config_option
+@_identity_options
+@click.option("--rotate", is_flag=True, help="Replace the password of an already provisioned gateway.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"username", "password", "topic_prefix"}.')
+@click.pass_context
+def provision_cmd(ctx: click.Context, config: str | None, tenant: str, gateway_id: str, rotate: bool,
+                  as_json: bool) -> None:
+    """Create a login for one gateway, allowed to publish only under {root}/TENANT/GATEWAY/ (shown once)."""
+    from citystream.ingest.provision import provision
+    from citystream.stack.identities import IdentityError, username_of
+
+    settings = settings_of(ctx)
+    try:
+        username_of(tenant, gateway_id)
+    except IdentityError as exc:
+        fail(str(exc), 2)
+    try:
+        cred = provision(settings, tenant, gateway_id, rotate=rotate)
+    except IdentityError as exc:
+        fail(str(exc), 1)
+    if as_json:
+        print_json(cred)
+        return
+    click.echo(f"provisioned {tenant}/{gateway_id}: may publish only under {cred['topic_prefix']}/")
+    click.echo("gateway settings (the password is not stored and is shown only now):")
+    click.echo(f"  gateway: {{tenant: {tenant}, gateway_id: {gateway_id}, username: {cred['username']}, "
+               f"password: {cred['password']}}}")
+
+
+@gateway.command("revoke")
+@config_option
+@_identity_options
+@click.option("--json", "as_json", is_flag=True, help="Print the removed gateway as JSON.")
+@click.pass_context
+def revoke_cmd(ctx: click.Context, config: str | None, tenant: str, gateway_id: str, as_json: bool) -> None:
+    """Remove one gateway's login; the running broker disconnects it and refuses it from then on."""
+    from citystream.ingest.provision import revoke
+    from citystream.stack.identities import IdentityError
+
+    settings = settings_of(ctx)
+    try:
+        removed = revoke(settings, tenant, gateway_id)
+    except IdentityError as exc:
+        fail(str(exc), 1)
+    if as_json:
+        print_json(removed.public())
+        return
+    click.echo(f"revoked {removed.username} ({removed.topic_prefix}/)")
+
+
+@gateway.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def list_cmd(ctx: click.Context, config: str | None, as_json: bool) -> None:
+    """List the provisioned gateways of the local stack (no secrets)."""
+    from citystream.ingest.provision import listing
+    from citystream.stack.identities import IdentityError
+
+    try:
+        rows = listing(settings_of(ctx))
+    except IdentityError as exc:
+        fail(str(exc), 1)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['username']:40s} {row['topic_prefix']}/  since {row['provisioned_at']}")

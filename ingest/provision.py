@@ -1,0 +1,109 @@
+"""Gateway identities on the local stack: provision, revoke, list (``citystream gateway provision | revoke | list``).
+
+``provision`` makes a random password, stores only its Mosquitto hash in the stack home's registry
+(``<home>/gateways.json``, 0600), renders the broker's password file and ACL and sends the running
+broker SIGHUP; it returns once the new login is accepted by that broker (or immediately when no
+broker of this stack home runs: ``stack up`` applies the registry). ``revoke`` removes the gateway
+the same way; Mosquitto disconnects it if it is connected. The password is shown once and never
+stored in clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citystream.settings import Settings
+from citystream.stack import identities, mosquitto
+from citystream.stack.identities import GatewayIdentity, IdentityError
+
+log = logging.getLogger(__name__)
+
+APPLY_TIMEOUT_S = 10.0
+
+
+def login_accepted(host: str, port: int, username: str, password: str, timeout_s: float = 5.0) -> bool | None:
+    """One MQTT v5 CONNECT: True when accepted, False when refused, None when nothing answered in time."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    answered = threading.Event()
+    result: dict[str, bool] = {}
+
+    def on_connect(cl: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        result["ok"] = not reason.is_failure
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError:
+        return None
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            return None
+        return result["ok"]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def provision(settings: Settings, tenant: str, gateway: str, rotate: bool = False) -> dict[str, str]:
+    """Create (or with ``rotate`` replace) a gateway's login; returns username, password, topic_prefix."""
+    username = identities.username_of(tenant, gateway)
+    password = secrets.token_urlsafe(24)
+    home = settings.stack.home
+    with identities.locked(home):
+        current = identities.load(home)
+        if any(g.username == username for g in current) and not rotate:
+            raise IdentityError(f"gateway {tenant}/{gateway} is already provisioned (revoke it, or --rotate)")
+        identity = GatewayIdentity(tenant=tenant, gateway=gateway, root=settings.mqtt.topic_root,
+                                   password_hash=identities.password_hash(username, password),
+                                   provisioned_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        identities.save(home, [*(g for g in current if g.username != username), identity])
+        pid = mosquitto.apply_identities(settings)
+    if pid is not None:
+        _wait_accepted(settings, username, password)
+    log.info("gateway provisioned", extra={"username": username, "topic_prefix": identity.topic_prefix,
+                                           "broker_pid": pid})
+    return {"username": username, "password": password, "topic_prefix": identity.topic_prefix}
+
+
+def revoke(settings: Settings, tenant: str, gateway: str) -> GatewayIdentity:
+    """Remove a gateway's login and ACL from the registry and the running broker; returns what was removed."""
+    username = identities.username_of(tenant, gateway)
+    home = settings.stack.home
+    with identities.locked(home):
+        current = identities.load(home)
+        removed = next((g for g in current if g.username == username), None)
+        if removed is None:
+            raise IdentityError(f"gateway {tenant}/{gateway} is not provisioned")
+        identities.save(home, [g for g in current if g.username != username])
+        pid = mosquitto.apply_identities(settings)
+    log.info("gateway revoked", extra={"username": username, "broker_pid": pid})
+    return removed
+
+
+def listing(settings: Settings) -> list[dict[str, str]]:
+    """The provisioned gateways of this stack home (no secrets)."""
+    return [g.public() for g in identities.load(settings.stack.home)]
+
+
+def _wait_accepted(settings: Settings, username: str, password: str) -> None:
+    """Wait until the broker has reloaded (it accepts the new login); IdentityError after a timeout."""
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while True:
+        got = login_accepted("127.0.0.1", settings.stack.mqtt_port, username, password, timeout_s=2.0)
+        if got:
+            return
+        if time.monotonic() > deadline:
+            raise IdentityError(f"the broker on port {settings.stack.mqtt_port} did not apply the change for "
+                                f"{username} within {APPLY_TIMEOUT_S:.0f}s (see its log)")
+        time.sleep(0.1)
