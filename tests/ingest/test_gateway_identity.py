@@ -33,7 +33,7 @@ from citystream.settings import Settings
 from citystream.settings.bridge import BridgeSettings
 from citystream.settings.gateway import GatewaySettings
 from citystream.stack import mosquitto
-from tests.conftest import citystream, free_port
+from tests.conftest import REPO, citystream, free_port
 from tests.ingest import malformed as mf
 from tests.ingest.test_gateway_publish import Subscriber, assert_complete_and_ordered
 
@@ -306,3 +306,10 @@ def _reading_on(topic_tenant: str, topic_gateway: str, tenant: str, gateway: str
     """A reading of ``tenant/gateway`` published on the topic of ``topic_tenant/topic_gateway``."""
     doc = {**mf.reading_doc(7, gateway=gateway, tenant=tenant), "event_id": make_event_id(gateway, "reading", 7)}
     return device_topic(topic_tenant, topic_gateway, root="city"), orjson.dumps(doc)
+
+
+@pytest.mark.unit
+def test_the_compose_acl_is_the_generated_one_without_patterns() -> None:
+    text = (REPO / "deploy" / "compose" / "mosquitto" / "acl").read_text()
+    assert text == mosquitto.render_acl([]), "regenerate it: python -c 'from citystream.stack.mosquitto import ...'"
+    assert not [line for line in text.splitlines() if line.startswith("pattern")], "no %u/%c patterns"
