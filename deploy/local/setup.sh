@@ -3,6 +3,7 @@
 #   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts, Java 17, Maven, Prometheus for promtool)
 #   2. .venv with citystream installed editable (+ dev tools); redone when pyproject.toml changes
 #   3. Apache Kafka broker jars from Maven Central into .cache/kafka (deploy/local/pom.xml)
+#   4. helm (not a Debian package) built with `go install` into .cache/bin, for the chart tests
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -41,5 +42,12 @@ if [ ! -f ".cache/kafka/kafka_2.13-${kafka_version}.jar" ]; then
   rm -rf .cache/kafka
   mvn -q -B -f deploy/local/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
       -DoutputDirectory="$PWD/.cache/kafka"
+fi
+HELM_VERSION="v3.21.4"
+if [ ! -x .cache/bin/helm ] || ! .cache/bin/helm version --template '{{.Version}}' 2>/dev/null | grep -q "^v3\.21"; then
+  command -v go >/dev/null || { echo "setup: go is needed to build helm (Debian golang-go, or the machine's Go)" >&2; exit 1; }
+  echo "setup: building helm ${HELM_VERSION} with go install into .cache/bin (a few minutes, once)"
+  mkdir -p .cache/bin
+  GOBIN="$PWD/.cache/bin" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 fi
 echo "setup: ok"
