@@ -42,12 +42,16 @@ def _where(district: str, device_id: str) -> str:
 
 
 def plate_alert(read: PlateRead, entry: WatchlistEntry) -> Alert:
-    """A critical alert for a plate on the watchlist."""
-    label = f" — {entry.label}" if entry.label else ""
+    """A critical alert for a plate on the watchlist; names the entry (label and id), never the plate text.
+
+    The control room resolves the entry in the watchlist (``citystream watchlist list``), which holds
+    the registration its owner entered under a legal basis; alerts are kept for years, plates are not.
+    """
+    label = f"{entry.label} " if entry.label else ""
     return Alert(event_id=derived_event_id(read.event_id, "alert/plate_watchlist", 0), tenant=read.tenant,
                  gateway_id=read.gateway_id, device_id=read.device_id, seq=read.seq, captured_at=read.captured_at,
                  district=read.district, alert_type="plate_watchlist", severity=Severity.CRITICAL,
-                 message=(f"ทะเบียนในบัญชีเฝ้าระวัง / watchlisted plate {read.registration} {read.province}{label} "
+                 message=(f"ทะเบียนในบัญชีเฝ้าระวัง / watchlisted plate: {label}(entry {entry.entry_id}) "
                           f"at {_where(read.district, read.device_id)}")[:1024],
                  value=read.confidence, source_event_id=read.event_id)
 

@@ -16,8 +16,10 @@ oversized, corrupt — any libjpeg warning —, bytes after EOI, a size other th
 :mod:`citystream.processors.vision`) become DeadLetters with their original bytes; a crashed vision
 process is replaced.
 
-Privacy: plate text leaves only with its keyed pseudonym; face templates stay in the vision
-process and only watchlist hits come back (see :mod:`citystream.processors.faces`).
+Privacy: plate text never leaves the worker: a PlateRead carries only the keyed pseudonym
+(HMAC-SHA256 with the tenant's ``worker.pseudonym_keys`` entry) and a plate alert names the watchlist
+entry, not the plate; the text is compared with the watchlist in memory only. Face templates stay in
+the vision process and only watchlist hits come back (see :mod:`citystream.processors.faces`).
 """
 
 from __future__ import annotations
@@ -277,8 +279,8 @@ async def emit_frame(ctx: Any, frame: Frame, result: FrameResult, entries: list[
         assert key is not None
         entry = index.match_plate(meta.tenant, registration, province, now)
         read = PlateRead(event_id=derived_event_id(meta.event_id, "plate", i), source_event_id=meta.event_id,
-                         registration=registration, province=province, plate_pseudonym=pseudonym(
-                             registration, province, key), confidence=min(1.0, max(0.0, confidence)), bbox=bbox,
+                         plate_pseudonym=pseudonym(registration, province, key),
+                         confidence=min(1.0, max(0.0, confidence)), bbox=bbox,
                          watchlist_hit=entry is not None, **base)
         await ctx.send("plate_reads", read)
         ctx.metrics.plates.labels("hit" if entry else "miss").inc()

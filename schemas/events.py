@@ -165,13 +165,16 @@ class FrameMeta(Event):
 
 
 class PlateRead(Event):
-    """A licence plate read on one frame; ``device_id`` is the camera."""
+    """A licence plate read on one frame; ``device_id`` is the camera.
+
+    No plate text: the registration and province stay in the worker, only their keyed pseudonym
+    leaves it (PDPA minimisation; see docs/PRIVACY.md for the key and its rotation).
+    """
 
     kind: Literal["plate_read"] = "plate_read"
     source_event_id: str
-    registration: str = Field(max_length=16, description="e.g. 1กข 1234; personal data, short retention")
-    province: str = Field(max_length=64)
-    plate_pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 per tenant")
+    plate_pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$",
+                                 description="HMAC-SHA256 of the normalised registration and province, key per tenant")
     confidence: float = Field(ge=0.0, le=1.0)
     bbox: tuple[Pixel, Pixel, Pixel, Pixel] = Field(description="x, y, w, h in frame pixels")
     watchlist_hit: bool = False

@@ -50,8 +50,8 @@ BBOX = pa.list_(pa.int32())
 
 SPECIFIC: dict[str, list[tuple[str, pa.DataType]]] = {
     schema.SENSOR_READINGS: [("metric", LC), ("value", pa.float64())],
-    schema.PLATE_READS: [("source_event_id", pa.string()), ("registration", pa.string()), ("province", LC),
-                         ("plate_pseudonym", pa.string()), ("confidence", pa.float32()), ("bbox", BBOX),
+    schema.PLATE_READS: [("source_event_id", pa.string()), ("plate_pseudonym", pa.string()),
+                         ("confidence", pa.float32()), ("bbox", BBOX),
                          ("watchlist_hit", pa.bool_())],
     schema.FACE_MATCHES: [("source_event_id", pa.string()), ("watchlist_entry_id", pa.string()),
                           ("distance", pa.float32()), ("bbox", BBOX)],
@@ -105,8 +105,8 @@ def _reading(ev: SensorReading) -> Row:
 
 
 def _plate(ev: PlateRead) -> Row:
-    return {**_common(ev), "source_event_id": ev.source_event_id, "registration": ev.registration,
-            "province": ev.province, "plate_pseudonym": ev.plate_pseudonym, "confidence": ev.confidence,
+    return {**_common(ev), "source_event_id": ev.source_event_id, "plate_pseudonym": ev.plate_pseudonym,
+            "confidence": ev.confidence,
             "bbox": list(ev.bbox), "watchlist_hit": ev.watchlist_hit}
 
 
@@ -148,12 +148,36 @@ class Route:
     model: type[BaseModel]
     to_row: Callable[[Any], Row]
     fast: Callable[[bytes], Values | None] | None = None
+    legacy: Callable[[bytes], bytes] | None = None
+
+
+_PLATE_TEXT = (b'"registration"', b'"province"')
+
+
+def _plate_without_text(value: bytes) -> bytes:
+    """A PlateRead written before plate text left the contract, without that text (else unchanged).
+
+    Records still in ``plate.reads`` at an upgrade would otherwise be dead letters keeping the plate
+    text for the DLQ's retention. Read with orjson (a repeated key keeps its last value): these records
+    come from the worker, not from devices.
+    """
+    if not any(marker in value for marker in _PLATE_TEXT):
+        return value
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    if not isinstance(doc, dict):
+        return value
+    doc.pop("registration", None)
+    doc.pop("province", None)
+    return orjson.dumps(doc)
 
 
 ROUTES: dict[str, Route] = {
     topics.RAW_READINGS: Route(schema.SENSOR_READINGS, SensorReading, _reading, reading_values),
     topics.DEVICE_STATUS: Route(schema.DEVICE_STATUS, DeviceStatus, _status),
-    topics.PLATE_READS: Route(schema.PLATE_READS, PlateRead, _plate),
+    topics.PLATE_READS: Route(schema.PLATE_READS, PlateRead, _plate, legacy=_plate_without_text),
     topics.FACE_MATCHES: Route(schema.FACE_MATCHES, FaceMatch, _face),
     topics.ALERTS: Route(schema.ALERTS, Alert, _alert),
     topics.DLQ: Route(schema.DEAD_LETTERS, DeadLetter, _dead_letter),
@@ -168,6 +192,8 @@ def to_row(route: Route, value: bytes | None) -> Row:
     """Validate one record against its contract and map it to a row; raises PoisonRecord."""
     if value is None:
         raise PoisonRecord("empty_record", "record has no value")
+    if route.legacy is not None:
+        value = route.legacy(value)
     try:
         event = validate_json(route.model, value)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from citystream.processors import watchlists
 from citystream.processors.plate_synth import road_scene_with_plate
+from citystream.processors.plates import pseudonym
 from citystream.schemas.events import DeadLetter
 from citystream.schemas.topics import RAW_FRAMES, RAW_READINGS
 from citystream.schemas.wire import to_json
@@ -123,11 +124,13 @@ def test_worker_end_to_end_alerts_plates_faces_dlq_and_sigterm(worker_settings: 
         # plates: the label's text, keyed pseudonym, watchlist hit, per-camera order, one alert per sighting
         reads = [r for _, r, _ in got["plate.reads"]]
         assert [r["seq"] for r in reads] == [1, 2, 3]
-        assert {(r["registration"], r["province"]) for r in reads} == {(label.registration, label.province)}
+        assert {r["plate_pseudonym"] for r in reads} == {pseudonym(label.registration, label.province, b"test-key")}
+        assert not {"registration", "province"} & {k for r in reads for k in r}, "no plate text leaves the worker"
         assert all(r["watchlist_hit"] and len(r["plate_pseudonym"]) == 64 for r in reads)
         assert len({p for p, _, _ in got["plate.reads"]}) == 1 and {k for _, _, k in got["plate.reads"]} == {b"cam-1"}
         plate_alerts = [a for _, a, _ in got["alerts"] if a["alert_type"] == "plate_watchlist"]
-        assert len(plate_alerts) == 1 and label.registration in plate_alerts[0]["message"]
+        assert len(plate_alerts) == 1 and plate_entry.entry_id in plate_alerts[0]["message"]
+        assert label.registration not in plate_alerts[0]["message"], "no plate text in an alert"
 
         # faces: the active entry matched on cam-2; the other tenant's expired entry did not on cam-3
         matches = [m for _, m, _ in got["face.matches"]]

@@ -17,6 +17,7 @@ from citystream.processors import watchlists
 from citystream.processors.app import FACE_CAMERA_LABELS, WatchCache, WorkerMetrics
 from citystream.processors.frames_agent import VisionPool, analyse_frame
 from citystream.processors.plate_synth import road_scene_with_plate
+from citystream.processors.plates import pseudonym
 from tests.processors.worker_helpers import (
     PLATE_SEED,
     T0,
@@ -54,8 +55,9 @@ def test_frames_agent_order_dead_letters_faces_and_cooldown(tmp_path: Path) -> N
 
     reads = sent(ctx, "plate_reads")
     assert [r["seq"] for r in reads] == [1, 2, 3]
-    assert {(r["registration"], r["province"], r["watchlist_hit"]) for r in reads} == {
-        (label.registration, label.province, False)}
+    assert {(r["plate_pseudonym"], r["watchlist_hit"]) for r in reads} == {
+        (pseudonym(label.registration, label.province, b"k"), False)}
+    assert not {"registration", "province"} & set(reads[0]), "no plate text leaves the worker"
     letters = [(d["reason"], d["tenant"]) for d in sent(ctx, "dlq")]
     assert letters == [("truncated_jpeg", TENANT), ("bad_frame_meta", "")]
     matches = sent(ctx, "face_matches")
@@ -120,3 +122,31 @@ def test_face_count_labels_are_capped() -> None:
     assert metrics.faces.labels("other")._value.get() == 5
     assert metrics.faces.labels("cam-0")._value.get() == 1
 
+
+
+@pytest.mark.unit
+def test_key_rotation_gives_new_pseudonyms_per_tenant_and_keeps_the_watchlist_working(tmp_path: Path) -> None:
+    """docs/PRIVACY.md, key rotation: after a new key the same plate gets a new pseudonym (no link to the old
+    rows), another tenant's key is untouched, and watchlist matching (on the text, in memory) still alerts."""
+    scene, label = road_scene_with_plate(random.Random(PLATE_SEED))
+    body = jpeg(scene)
+    plate_entry = watchlists.WatchlistEntry(
+        entry_id=watchlists.plate_entry_id(TENANT, label.registration, label.province), tenant=TENANT, kind="plate",
+        label="stolen pickup", registration=label.registration, province=label.province, reason="theft report",
+        legal_basis="police request", expires_at=datetime.now(UTC) + timedelta(days=1), created_at=T0)
+    got: dict[str, tuple[str, str]] = {}
+    rotation = {"before": {TENANT: "key-2026-a", "*": "other"}, "after": {TENANT: "key-2026-b", "*": "other"}}
+    for name, keys in rotation.items():
+        ctx = unit_context(tmp_path / name, pseudonym_keys=keys)
+        ctx.watch = WatchCache({plate_entry.entry_id.encode(): watchlists.encode(plate_entry)})
+        asyncio.run(put_all(ctx, "frames", [(b"cam-1", body, frame_headers(TENANT, "cam-1", 1, body, T0))],
+                            lambda c=ctx: sent(c, "alerts")))
+        [read] = sent(ctx, "plate_reads")
+        [alert] = sent(ctx, "alerts")
+        assert read["watchlist_hit"] and plate_entry.entry_id in alert["message"]
+        assert label.registration not in alert["message"]
+        got[name] = (read["plate_pseudonym"], keys[TENANT])
+    assert got["before"][0] != got["after"][0]
+    for pseudo, key in got.values():
+        assert pseudo == pseudonym(label.registration, label.province, key.encode())
+    assert pseudonym(label.registration, label.province, b"other") not in {p for p, _ in got.values()}

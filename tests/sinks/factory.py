@@ -56,7 +56,7 @@ def plate(seq: int, pseudonym_of: str, *, camera: str = "cam-01", at: datetime |
     pseudonym = (pseudonym_of.encode().hex() * 64)[:64]
     return PlateRead(event_id=derived_event_id(source, "plate", 0), tenant=TENANT, gateway_id="gw-cam",
                      device_id=camera, seq=seq, captured_at=at or T0 + timedelta(seconds=seq), district=district,
-                     source_event_id=source, registration="1กข 1234", province="ปทุมธานี",
+                     source_event_id=source,
                      plate_pseudonym=pseudonym, confidence=0.9, bbox=(1, 2, 30, 10))
 
 
