@@ -25,8 +25,13 @@ Confirmations: with ``gateway.confirm`` (default) a PUBACK no longer deletes a r
 bridge confirms that Kafka has its seq (``{root}/_bridge/confirm/{tenant}/{gateway}``, see
 :mod:`citystream.ingest.confirm`), and every row still unconfirmed is sent again after a reconnect.
 A broker that acked a message and then lost it (a ``kill -9`` between its snapshots, a dropped
-queue) therefore costs a duplicate, not the message. ``citystream_gateway_unconfirmed_messages``
-counts rows acked by the broker and not yet confirmed.
+queue) therefore costs a duplicate, not the message. Confirmations travel at QoS 0 and die with a
+killed bridge, so a row also goes again, without a reconnect, when it has waited
+``gateway.confirm_timeout_s`` while a later seq of its stream was confirmed (the pipeline flows, this
+one was missed) — or at all while stopping. During a Kafka outage nothing is confirmed, so nothing is
+resent: the broker's queue does not fill with copies. ``citystream_gateway_unconfirmed_messages``
+counts rows acked by the broker and not yet confirmed; ``citystream_gateway_resent_total`` the rows
+sent again for want of a confirmation.
 
 Delivery guarantee: at-least-once per message, in spool (= capture) order per gateway; duplicates
 (a PUBACK lost with the connection, a crash between PUBACK and delete) carry the same ``event_id``
@@ -88,6 +93,8 @@ class GatewayMetrics:
         self.spool_messages = Gauge("citystream_gateway_spool_messages", "Messages waiting in the disk spool",
                                     registry=registry)
         self.connected = Gauge("citystream_gateway_connected", "Gateways connected to the broker", registry=registry)
+        self.resent = counter("resent_total", "Messages sent again because no bridge confirmed them in time",
+                              ("stream",))
         self.unconfirmed = Gauge("citystream_gateway_unconfirmed_messages", "Messages the broker acked that no bridge "
                                  "has confirmed in Kafka yet (kept in the spool)", registry=registry)
         self.bridge_ready = Gauge("citystream_gateway_bridge_ready", "Gateways that saw a bridge announcement on "
@@ -132,8 +139,12 @@ class Publisher:
         self._window = gateway.window
         self._ready_topic = bridge_ready_topic(mqtt_settings.topic_root)
         self._confirm_topic = bridge_confirm_topic(mqtt_settings.topic_root, gateway.tenant, gateway.gateway_id)
-        self._awaiting: dict[tuple[str, int], int] = {}  # (stream, seq) -> spool row id, acked by the broker
+        # (stream, seq) -> (spool row id, when the broker acked it): waiting for a bridge's confirmation
+        self._awaiting: dict[tuple[str, int], tuple[int, float]] = {}
         self._early: set[tuple[str, int]] = set()  # confirmed before their PUBACK arrived
+        self._last_confirmed: dict[str, int] = {}  # stream -> highest seq confirmed
+        self._resend: list[Spooled] = []  # stale rows to publish again before the spool's next rows
+        self._next_stale_check = 0.0
         self.bridge_ready = not gateway.wait_for_bridge
         self._connected_at = 0.0
         self._next_wait_warning = 0.0
@@ -215,12 +226,35 @@ class Publisher:
             return
         inflight = {(e.row.stream, e.row.seq) for e in self._inflight.values()}
         for stream, runs in doc.items():
-            for seq in seqs_of(runs):
-                row_id = self._awaiting.pop((stream, seq), None)
-                if row_id is not None:
-                    self._acked.append(row_id)
+            seqs = seqs_of(runs)
+            if seqs:
+                self._last_confirmed[stream] = max(self._last_confirmed.get(stream, -1), max(seqs))
+            for seq in seqs:
+                waiting = self._awaiting.pop((stream, seq), None)
+                if waiting is not None:
+                    self._acked.append(waiting[0])
                 elif (stream, seq) in inflight:
                     self._early.add((stream, seq))
+
+    def _find_stale(self) -> None:
+        """Queue for resending rows unconfirmed for ``confirm_timeout_s`` that a later confirmation overtook."""
+        now = time.monotonic()
+        if now < self._next_stale_check or not self._awaiting:
+            return
+        self._next_stale_check = now + 1.0
+        cutoff = now - self.gateway.confirm_timeout_s
+        stopping = self._stop.is_set()
+        stale = [key for key, (_row_id, acked_at) in self._awaiting.items()
+                 if acked_at <= cutoff and (stopping or key[1] < self._last_confirmed.get(key[0], -1))]
+        if not stale:
+            return
+        ids = [self._awaiting.pop(key)[0] for key in stale]
+        rows = self.spool.rows(ids)
+        self._resend += rows
+        for row in rows:
+            self.metrics.resent.labels(row.stream).inc()
+        log.warning("messages not confirmed in time; sending them again", extra={
+            "gateway": self.gateway.gateway_id, "count": len(rows), "first_seq": rows[0].seq if rows else None})
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected and self.gateway.wait_for_bridge and self.bridge_ready:
@@ -246,7 +280,7 @@ class Publisher:
             self._early.discard(key)
             self._acked.append(row.id)
         else:
-            self._awaiting[key] = row.id  # deleted when a bridge confirms it
+            self._awaiting[key] = (row.id, time.monotonic())  # deleted when a bridge confirms it
         if reason.is_failure:
             name = "not_authorized" if int(reason.value) == 135 else "refused"
             self.metrics.dropped.labels(name).inc()
@@ -276,6 +310,7 @@ class Publisher:
             self._inflight.clear()
             self._awaiting.clear()  # the broker may have lost them: they go again with the rest
             self._early.clear()
+            self._resend.clear()
             self._cursor = 0
         if self._will is not None and (self._will_needed or self._last_will is None):
             self._last_will = self._will()
@@ -293,24 +328,37 @@ class Publisher:
         self._socket_open = True
 
     def _feed(self) -> None:
-        """Hand the next spooled rows to paho while the in-flight window has room."""
+        """Hand rows to paho while the in-flight window has room: stale ones again first, then the spool's next."""
+        room = self._window - len(self._inflight)
+        again, self._resend = self._resend[:room], self._resend[room:]
+        for i, row in enumerate(again):
+            info = self._publish(row)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                self._resend[:0] = again[i:]
+                return
+            self._inflight[info.mid] = _InFlight(row, True)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                return
         rows = self.spool.after(self._cursor, self._window - len(self._inflight))
         for row in rows:
             if self._max_packet and row.nbytes > self._max_packet:
                 self._refuse_too_large(row)
                 continue
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if row.properties:
-                props.UserProperty = list(row.properties)
-            else:
-                props.PayloadFormatIndicator = 1
-            info = self.client.publish(row.topic, row.payload, qos=1, properties=props)
+            info = self._publish(row)
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 break
             self._inflight[info.mid] = _InFlight(row, row.id <= self._replay_upto)
             self._cursor = row.id
             if info.rc == mqtt.MQTT_ERR_NO_CONN:
                 break
+
+    def _publish(self, row: Spooled) -> mqtt.MQTTMessageInfo:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if row.properties:
+            props.UserProperty = list(row.properties)
+        else:
+            props.PayloadFormatIndicator = 1
+        return self.client.publish(row.topic, row.payload, qos=1, properties=props)
 
     def _refuse_too_large(self, row: Spooled) -> None:
         """Drop a row the broker announced it would not take (bigger than its maximum packet size)."""
@@ -334,6 +382,7 @@ class Publisher:
             self.spool.ack(self._acked)
             self._acked.clear()
         if self.connected and self.bridge_ready:
+            self._find_stale()
             self._feed()
         elif self.connected and time.monotonic() >= self._next_wait_warning:
             self._next_wait_warning = time.monotonic() + self.gateway.bridge_wait_warn_s

@@ -205,6 +205,21 @@ class Spool:
         return [Spooled(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), tuple(tuple(p) for p in orjson.loads(r[6])), r[7])
                 for r in rows]
 
+    def rows(self, ids: Iterable[int]) -> list[Spooled]:
+        """The stored messages among ``ids`` (ones already deleted are skipped), oldest first."""
+        wanted = sorted(set(ids))
+        out: list[Spooled] = []
+        with self._cond:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                out += [Spooled(r[0], r[1], r[2], r[3], r[4], bytes(r[5]),
+                                tuple(tuple(p) for p in orjson.loads(r[6])), r[7])
+                        for r in self._conn.execute(
+                            "SELECT id, stream, device, seq, topic, payload, props, nbytes FROM spool "
+                            f"WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()]
+        return out
+
     def ack(self, ids: Iterable[int]) -> int:
         """Remove messages the broker acknowledged (or that are dropped); returns how many were still stored."""
         batch = list(ids)

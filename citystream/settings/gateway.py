@@ -159,6 +159,8 @@ class GatewaySettings(Section):
                                   "before the bridge re-subscribes, e.g. after a broker restart)")
     confirm: bool = Field(True, description="keep each message in the spool until a bridge confirms Kafka has it "
                           "(off: delete on the broker's PUBACK; a broker crash can then lose what it acked)")
+    confirm_timeout_s: float = Field(30.0, gt=0, description="send a message again when it waited this long for "
+                                     "its confirmation while later ones were confirmed (or while stopping)")
     bridge_wait_warn_s: float = Field(30.0, gt=0, description="log a warning when connected this long without "
                                       "a bridge announcement")
     connect_timeout_s: float = Field(10.0, gt=0)

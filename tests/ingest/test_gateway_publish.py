@@ -68,7 +68,7 @@ class Subscriber:
     """
 
     def __init__(self, settings: Settings, topic_filter: str, persistent: bool = False,
-                 announce: bool = True) -> None:
+                 announce: bool = True, withhold: set[tuple[str, int]] | None = None) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -77,6 +77,7 @@ class Subscriber:
         self.ready_topic = bridge_ready_topic(settings.mqtt.topic_root)
         self.root = settings.mqtt.topic_root
         self.announce = announce
+        self.withhold = set(withhold or ())  # (stream, seq) whose first confirmation is "lost"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(settings.mqtt.username, settings.mqtt.password.get_secret_value())
@@ -118,6 +119,9 @@ class Subscriber:
         try:
             seq = int(msg.doc()["seq"])
         except Exception:  # not a gateway message: nothing to confirm
+            return
+        if (msg.stream, seq) in self.withhold:
+            self.withhold.discard((msg.stream, seq))
             return
         if len(parts) == 6:
             topic = bridge_confirm_topic(self.root, parts[1], parts[2])
@@ -296,3 +300,27 @@ def test_frame_over_the_brokers_packet_limit_is_dropped_and_counted_not_stuck(
     assert frame.doc()["seq"] == 1 and frame.doc()["width"] == 320
     assert metric(registry, "citystream_gateway_dropped_total", reason="too_large") == 1
     assert gw.spool.count == 0
+
+
+@pytest.mark.integration
+def test_rows_whose_confirmation_was_lost_are_sent_again_and_then_deleted(
+        stack_home: Path, unique: str, tmp_path: Path) -> None:
+    settings = stack_settings(stack_home, unique, tmp_path, gateway_id="gw-conf", confirm_timeout_s=1.0, sensors=[
+        {"device_id": "pm-1", "metric": "pm25_ug_m3", "interval_s": 0.02}])
+    lost = {("reading", seq) for seq in (3, 10, 11, 40)}
+    sub = Subscriber(settings, f"{unique}/#", withhold=lost)
+    registry = CollectorRegistry()
+    gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
+    try:
+        gw.start(connect_timeout_s=10)
+        sub.wait_for("readings past the lost confirmations", lambda: sub.count("reading") >= 150)
+        assert not sub.withhold, "every withheld seq arrived once"
+        sub.wait_for("the stale rows sent again", lambda: metric(
+            registry, "citystream_gateway_resent_total", stream="reading") >= len(lost), timeout_s=30)
+    finally:
+        gw.stop(drain_s=10)
+        sub.close()
+    copies = seqs_by_device(sub.received(), "reading")["pm-1"]
+    assert all(copies.count(seq) >= 2 for _stream, seq in lost), "each row whose confirmation was lost came again"
+    assert metric(registry, "citystream_gateway_connected") == 0
+    assert gw.spool.count == 0, "confirmed on the second copy, then deleted"
