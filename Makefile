@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CS := $(BIN)/citystream
 DEMO_SECONDS ?= 60
 
-.PHONY: setup demo test lint typecheck pytest stack-up stack-down clean
+.PHONY: setup demo test lint typecheck pytest stack-up stack-down clean images
 
 setup:
 	@bash deploy/local/setup.sh
@@ -30,6 +30,17 @@ typecheck:
 
 pytest:
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# One image per role (Dockerfile targets), tagged citystream-<role>:<version>; needs a Docker engine.
+IMAGE_ROLES := gateway simulator bridge worker sink
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_PREFIX ?= citystream
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable (docker info failed)" >&2; exit 1; }
+	@for role in $(IMAGE_ROLES); do \
+	  echo "building $(IMAGE_PREFIX)-$$role:$(IMAGE_TAG)"; \
+	  docker build --target $$role -t $(IMAGE_PREFIX)-$$role:$(IMAGE_TAG) . || exit 1; \
+	done
 
 stack-up: setup
 	$(CS) stack up
