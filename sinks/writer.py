@@ -118,6 +118,7 @@ class Writer:
             self.client.insert_arrow(rows.table, block, database=self.database,
                                      settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
             self.metrics.insert_seconds.labels(rows.table).observe(self.clock() - began)
+            self.metrics.e2e.observe_block(rows.table, block, int(time.time() * 1000))
 
         try:
             self.retrying("insert", rows.table, attempt)
