@@ -266,3 +266,13 @@ def test_monitoring_reuses_the_prometheus_rules() -> None:
         svc = services[f"cs-{stage}-headless"]
         assert svc["metadata"]["labels"]["citystream.io/metrics"] == "true"
         assert svc["spec"]["publishNotReadyAddresses"] is True  # not-ready stages are scraped (their alerts)
+
+
+def test_sequence_tracking_is_off_with_several_bridges_unless_set() -> None:
+    def bridge_settings(*sets: str) -> dict[str, Any]:
+        cm = by_kind(render(sets=sets), "ConfigMap")["cs-settings"]
+        return dict(yaml.safe_load(cm["data"]["citystream.yaml"]).get("bridge", {}))
+
+    assert bridge_settings()["track_sequences"] is False  # 2 replicas by default
+    assert "track_sequences" not in bridge_settings("stages.bridge.replicas=1")
+    assert bridge_settings("settings.bridge.track_sequences=true")["track_sequences"] is True

@@ -50,6 +50,13 @@ forced on top (no relative .citystream/ path can survive: the root filesystem is
   "sink" (dict "frames_dir" (printf "%s/frames" $data))
   "gateway" (dict "state_dir" (printf "%s/gateway" $data)) -}}
 {{- $s = mustMergeOverwrite $s $forced -}}
+{{- /* Sequence tracking is exact only when one bridge sees all of a gateway's messages; the shared
+subscription spreads them over the replicas, so more than one replica turns it off unless set. */ -}}
+{{- $br := get $s "bridge" | default dict -}}
+{{- if and (gt (int .Values.stages.bridge.replicas) 1) (not (hasKey $br "track_sequences")) -}}
+{{- $_ := set $br "track_sequences" false -}}
+{{- $_ := set $s "bridge" $br -}}
+{{- end -}}
 {{- $ch := get $s "clickhouse" | default dict -}}
 {{- if hasPrefix "chdb://" ($ch.dsn | default "chdb://") -}}
 {{- $_ := set $ch "dsn" (printf "chdb://%s/clickhouse" $data) -}}
