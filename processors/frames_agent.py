@@ -6,6 +6,8 @@ configured), never on the event loop. The agent hands each frame to the pool
 order and sends their outputs, so every camera's outputs keep its order (a camera is one Kafka
 key, hence one partition). The queue holds ``frame_batch`` frames (default 2 per vision process):
 when it is full the agent stops reading (backpressure), so that many frames at most are in flight.
+The agent waits on a full queue only while the emitter runs: an emitter failure (anything but a frame's
+invalid output, e.g. a send error) is logged with its traceback and stops the agent at once.
 
 Delivery: at least once. The stream does not acknowledge by itself (``noack``); a frame's offset
 is acknowledged only after its outputs were handed to the producer, and Faust flushes the
@@ -44,6 +46,7 @@ from citystream.processors.vision import FrameRejected, decode
 from citystream.schemas.events import FrameMeta
 
 log = logging.getLogger(__name__)
+EMITTER_TASK = "frames-emitter"
 
 
 @dataclass(frozen=True)
@@ -209,18 +212,33 @@ def register(app: Any, ctx: Any) -> Any:
         manual = stream.noack()
         pending: asyncio.Queue[tuple[Any, Frame, asyncio.Future[tuple[FrameResult, list[Any], Any]]]] = (
             asyncio.Queue(in_flight))
-        emitter = asyncio.create_task(emit_in_order(ctx, manual, pending), name="frames-emitter")
+        emitter = asyncio.create_task(emit_in_order(ctx, manual, pending), name=EMITTER_TASK)
         try:
             async for event in manual.events():
                 frame = to_frame(event)
-                await pending.put((event, frame, asyncio.ensure_future(analyse(ctx, frame))))  # blocks when full
-                if emitter.done():
-                    emitter.result()  # re-raise what stopped the emitter
+                await put_while_emitting(pending, (event, frame, asyncio.ensure_future(analyse(ctx, frame))), emitter)
         finally:
             emitter.cancel()
             await asyncio.gather(emitter, return_exceptions=True)
 
     return app.agent(topic, name="frames")(frames)
+
+
+async def put_while_emitting(pending: asyncio.Queue[Any], item: Any, emitter: asyncio.Task[None]) -> None:
+    """Queue ``item``, waiting while the queue is full (backpressure), but raise what stopped ``emitter`` at once.
+
+    Only the emitter drains the queue: a plain ``put`` on a full queue would wait forever once it died.
+    """
+    put = asyncio.ensure_future(pending.put(item))
+    try:
+        await asyncio.wait((put, emitter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not put.done():
+            put.cancel()
+            item[-1].cancel()  # this frame's analysis: its event stays unacknowledged, read again after a restart
+    if emitter.done():
+        emitter.result()  # re-raise what stopped the emitter
+        raise RuntimeError("the frames emitter ended")
 
 
 async def analyse(ctx: Any, frame: Frame) -> tuple[FrameResult, list[Any], Any]:
@@ -236,12 +254,17 @@ async def analyse(ctx: Any, frame: Frame) -> tuple[FrameResult, list[Any], Any]:
 
 
 async def emit_in_order(ctx: Any, stream: Any, pending: asyncio.Queue[Any]) -> None:
-    """Emit each frame's outputs in arrival order, then acknowledge its offset."""
-    while True:
-        event, frame, work = await pending.get()
-        result, entries, index = await work
-        await emit_safely(ctx, frame, result, entries, index)
-        await stream.ack(event)
+    """Emit each frame's outputs in arrival order, then acknowledge its offset; a failure is logged, then raised."""
+    try:
+        while True:
+            event, frame, work = await pending.get()
+            result, entries, index = await work
+            await emit_safely(ctx, frame, result, entries, index)
+            await stream.ack(event)
+    except Exception:
+        log.exception("frames emitter failed; the frames agent stops (its unacknowledged frames are read again "
+                      "after a restart)", extra={"in_flight": pending.qsize()})
+        raise
 
 
 async def emit_safely(ctx: Any, frame: Frame, result: FrameResult, entries: list[Any], index: Any) -> None:

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from citystream.processors.frames_agent import EMITTER_TASK
+
 STALLED_EXIT = 3
 CHECK_EVERY_S = 5.0
 HARD_EXIT_AFTER_S = 60.0
@@ -87,7 +89,7 @@ def _partitions(tps: Any) -> list[str]:
 
 
 def stall_diagnostics(app: Any) -> dict[str, Any]:
-    """Where a stalled Faust 0.15.3 worker is stuck: agent tracebacks and the consumer's flow state.
+    """Where a stalled Faust 0.15.3 worker is stuck: agent and frames-emitter tracebacks, the consumer's flow state.
 
     Best effort: a value that cannot be read is reported as the error that reading it raised.
     """
@@ -101,6 +103,7 @@ def stall_diagnostics(app: Any) -> dict[str, Any]:
         "unacked_messages": lambda: len(consumer._unacked_messages),
         "producer_buffer": lambda: app.producer.buffer.size,
         "agent_tracebacks": lambda: app.agents.human_tracebacks()[-6000:],
+        "emitter_stacks": lambda: task_stacks(EMITTER_TASK)[-3000:],
     }
     found: dict[str, Any] = {}
     for name, probe in probes.items():
@@ -109,6 +112,18 @@ def stall_diagnostics(app: Any) -> dict[str, Any]:
         except Exception as exc:  # diagnostics must never stop the stop
             found[name] = f"unreadable: {exc!r}"
     return found
+
+
+def task_stacks(name: str) -> str:
+    """Where this loop's tasks called ``name`` wait (tasks an agent started are not in its traceback)."""
+    import asyncio
+    import io
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task.get_name() == name:
+            task.print_stack(limit=8, file=out)
+    return out.getvalue() or f"no task {name!r}"
 
 
 def stop_stalled_process(hard_exit_after_s: float = HARD_EXIT_AFTER_S) -> None:
