@@ -16,7 +16,8 @@ the pipeline to settle, then reconciles:
 
 The last stdout line is one JSON object: ``{"seed", "duration_s", "published", "stored", "lost",
 "view_duplicates", "faults": [{"at_s", "kind", "down_s"}], "unplanned_exits", "streams", "ok"}``
-(``published``/``stored``/``lost`` count readings + frames). Exit 0 only when ``ok``: nothing lost,
+(``published``/``stored``/``lost`` count readings + frames; ``logs`` names a copy of the processes'
+logs when a stage exited by itself, or with ``--keep``). Exit 0 only when ``ok``: nothing lost,
 nothing doubled, the worker caught up and the spools drained.
 """
 
@@ -384,6 +385,12 @@ def run_chaos(base: Settings, seed: int, duration_s: float, traffic: Traffic, re
     finally:
         codes = {name: run.stop(name) for name in ("gateways", "worker", "bridge", "sink") if name in run.procs}
         local.down(settings)
+        logs = ""
+        if keep:
+            logs = str(home / "logs")
+        elif any(p.unplanned_exits for p in run.procs.values()):  # keep the evidence of what went wrong
+            logs = tempfile.mkdtemp(prefix=f"citystream-chaos-{seed}-logs-")
+            shutil.copytree(home / "logs", logs, dirs_exist_ok=True)
         if not keep:
             shutil.rmtree(home, ignore_errors=True)
     lost = readings["lost"] + frames["lost"]
@@ -393,7 +400,7 @@ def run_chaos(base: Settings, seed: int, duration_s: float, traffic: Traffic, re
             "faults": [asdict(f) for f in faults],
             "unplanned_exits": {n: p.unplanned_exits for n, p in run.procs.items()},
             "streams": {"reading": readings, "frame": frames, "views": duplicates},
-            "worker_caught_up": caught_up, "left_in_spools": left, "stage_exit_codes": codes,
+            "worker_caught_up": caught_up, "left_in_spools": left, "stage_exit_codes": codes, "logs": logs,
             "ok": lost == 0 and dup_total == 0 and caught_up and left == 0}
 
 
