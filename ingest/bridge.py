@@ -5,7 +5,7 @@ A device gets its PUBACK from Mosquitto once Mosquitto stored the message; from 
 waits in the bridge's MQTT session until Kafka confirmed it, so no crash or outage of the bridge or
 of Kafka loses it (Mosquitto's own limits are listed below).
 
-- The bridge subscribes with an MQTT v5 shared subscription (``$share/<group>/<root>/+/+/+/+/+``,
+- The bridge subscribes with an MQTT v5 shared subscription (``$share/<group>/<root>/#``,
   QoS 1) with ``manual_ack``: the PUBACK of a message is sent only from the confluent-kafka delivery
   report that confirmed its record (``acks=all``, idempotent producer) — or the record of its dead
   letter. Until then Mosquitto owns the message.
@@ -96,6 +96,7 @@ from citystream.schemas.topics import (
     DLQ,
     KAFKA_TOPIC_OF_STREAM,
     bridge_ready_topic,
+    is_bridge_control,
     mqtt_subscription,
 )
 from citystream.schemas.wire import to_json
@@ -217,6 +218,8 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._reads += 1
+        if msg.qos == 0 and is_bridge_control(msg.topic, self.settings.mqtt.topic_root):
+            return  # another bridge's announcement or confirmation (QoS 0: nothing to ack)
         payload = bytes(msg.payload)
         slot = self.window.open(msg.mid, msg.qos, len(payload))
         topic = msg.topic

@@ -7,7 +7,9 @@ MQTT (gateway -> broker), QoS 1, MQTT v5::
     {root}/{tenant}/{gateway}/gateway/{gateway}/status  JSON DeviceStatus (heartbeat, last-will)
 
 ``root`` is ``mqtt.topic_root`` (default ``city``). The bridge subscribes with a shared
-subscription ``$share/{group}/{root}/+/+/+/+/+``.
+subscription ``$share/{group}/{root}/#``: everything under the root reaches it, so a topic outside
+the map becomes a dead letter (``unknown_topic``) instead of being acknowledged and dropped by the
+broker for want of a subscriber; the bridges' own ``{root}/_bridge/…`` messages are skipped.
 
 Bridge readiness and confirmations (bridge -> gateways), QoS 0, not retained::
 
@@ -86,9 +88,14 @@ def mqtt_topic(root: str, tenant: str, gateway: str, family: str, device: str, s
 
 
 def mqtt_subscription(root: str, share_group: str | None = None) -> str:
-    """Filter matching every device stream, optionally as an MQTT v5 shared subscription."""
-    flt = f"{root}/+/+/+/+/+"
+    """Filter matching everything under the root, optionally as an MQTT v5 shared subscription."""
+    flt = f"{root}/#"
     return f"$share/{share_group}/{flt}" if share_group else flt
+
+
+def is_bridge_control(topic: str, root: str) -> bool:
+    """Whether ``topic`` is one of the bridges' own announcements or confirmations (not device data)."""
+    return topic.startswith(f"{root}/_bridge/")
 
 
 def bridge_ready_topic(root: str) -> str:

@@ -132,3 +132,22 @@ def test_malformed_corpus_goes_to_dlq_with_reasons_and_bridge_keeps_serving(sett
     for reason in set(m.reason for m in corpus):
         assert bridge.metric("citystream_bridge_dlq_total", reason=str(reason)) > 0
     assert bridge.thread.is_alive()
+
+
+def test_topics_outside_the_map_become_dead_letters_not_broker_drops(settings: Settings, bridge: Running) -> None:
+    """The broker acks what the dev login publishes anywhere under the root; the bridge must see all of it."""
+    root = settings.mqtt.topic_root
+    good = mf.reading(root, 0)
+    odd = [mf.Msg(f"{good.topic}/extra", good.payload, reason="unknown_topic"),
+           mf.Msg(f"{root}/{mf.TENANT}/{mf.GATEWAY}/sensor/reading", good.payload, reason="unknown_topic"),
+           mf.Msg(f"{root}/loose", b"{}", reason="unknown_topic"),
+           mf.Msg(f"{root}/_bridge/ready", b"{}", reason="unknown_topic")]  # QoS 1: not an announcement
+    gw = mf.gateway_client(settings)
+    try:
+        mf.publish_all(gw, [*odd, good])
+    finally:
+        gw.disconnect()
+    letters = [DeadLetter.model_validate_json(r.value())
+               for r in mf.consume(settings, settings.kafka.topic(DLQ), len(odd), timeout_s=60, settle_s=3)]
+    assert sorted((d.original_topic, d.reason) for d in letters) == sorted((m.topic, "unknown_topic") for m in odd)
+    assert mf.event_ids(mf.consume(settings, settings.kafka.topic(RAW_READINGS), 1)) == {good.event_id}
