@@ -115,6 +115,16 @@ def _text(value: str | bytes | None) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
 
+def _all_properties(props: list[tuple[str, str]]) -> dict[str, str]:
+    """User properties as a map that keeps repeats: the n-th copy of a name is stored as ``name[n]``."""
+    out: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for name, value in props:
+        seen[name] = seen.get(name, 0) + 1
+        out[name if seen[name] == 1 else f"{name}[{seen[name]}]"] = value
+    return out
+
+
 class BridgeError(Exception):
     """The bridge cannot run (e.g. the broker refused its login); the process exits 1."""
 
@@ -271,7 +281,7 @@ class Bridge:
             detail = f"{detail} (original truncated to {keep} of {len(payload)} bytes)"
             payload = payload[:keep]
         letter = DeadLetter.build(stage="bridge", reason=rej.reason, detail=detail, topic=topic, payload=payload,
-                                  headers=dict(props), tenant=rej.tenant)
+                                  headers=_all_properties(props), tenant=rej.tenant)
         self.metrics.dlq.labels(rej.reason).inc()
         log.info("dead letter", extra={"reason": rej.reason, "topic": topic, "detail": detail[:200]})
         self.out.produce(self.dlq_topic, to_json(letter), rej.key or None, None,

@@ -230,3 +230,11 @@ def test_bridge_client_sends_due_pubacks_in_one_write() -> None:
     finally:
         ours.close()
         peer.close()
+
+
+@pytest.mark.unit
+def test_dead_letter_headers_keep_repeated_user_properties() -> None:
+    from citystream.ingest.bridge import _all_properties
+
+    props = [("tenant", "a"), ("seq", "1"), ("tenant", "b"), ("tenant", "c")]
+    assert _all_properties(props) == {"tenant": "a", "seq": "1", "tenant[2]": "b", "tenant[3]": "c"}
