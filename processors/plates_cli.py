@@ -46,7 +46,7 @@ def load_image(path: str, max_pixels: int) -> NDArray[np.uint8]:
         raise ImageError("empty file")
     if data.startswith(b"\xff\xd8"):
         try:
-            return decode(data, max_pixels)
+            return decode(data, max_pixels, strict=False)  # people's photos may carry a trailer after EOI
         except FrameRejected as exc:
             raise ImageError(f"{exc.reason}: {exc.detail}") from exc
     try:

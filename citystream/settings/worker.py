@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from citystream.schemas.ranges import RANGES
 from citystream.settings.base import Section
 
 ALERT_TYPE = r"^[a-z0-9_]{1,64}$"
@@ -64,15 +65,8 @@ DEFAULT_RULES = [
               per_minutes=10, severity="critical"),
 ]
 
-DEFAULT_RANGES = {
-    "pm25_ug_m3": MetricRange(low=0, high=1000),
-    "pm10_ug_m3": MetricRange(low=0, high=2000),
-    "temperature_c": MetricRange(low=-20, high=70),
-    "humidity_pct": MetricRange(low=0, high=100),
-    "water_level_cm": MetricRange(low=-1000, high=5000),
-    "noise_db_a": MetricRange(low=0, high=160),
-    "rain_mm_h": MetricRange(low=0, high=500),
-}
+# The contract's plausible ranges (schemas/ranges.py), the one rule the bridge and the sink apply too.
+DEFAULT_RANGES = {metric: MetricRange(low=b.low, high=b.high) for metric, b in RANGES.items()}
 
 
 class WorkerSettings(Section):
