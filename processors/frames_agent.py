@@ -133,10 +133,18 @@ def pool_size(configured: int) -> int:
 
 
 class VisionPool:
-    """A process pool that replaces itself when a vision process dies."""
+    """A process pool that replaces itself when a vision process dies or hangs.
 
-    def __init__(self, processes: int, factory: Callable[[int], Executor] | None = None) -> None:
+    A frame whose analysis does not return within ``timeout_s`` is rejected (``vision_timeout``: a dead
+    letter with its bytes) and the pool is replaced, its processes killed: a hung process must not
+    hold the frames agent (which emits in order) until the watchdog restarts the worker. Frames that
+    were in flight on the killed pool are analysed again on the new one.
+    """
+
+    def __init__(self, processes: int, factory: Callable[[int], Executor] | None = None,
+                 timeout_s: float = 60.0) -> None:
         self.processes = processes
+        self.timeout_s = timeout_s
         self._factory = factory or self._spawn_pool
         self.executor = self._factory(processes)
 
@@ -146,18 +154,37 @@ class VisionPool:
 
     async def run(self, jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
                   upsample: int, expected: tuple[int, int] | None = None) -> FrameResult:
-        """Analyse one frame in the pool; a crashed process gives a ``vision_crashed`` rejection."""
+        """Analyse one frame in the pool; a crashed process gives ``vision_crashed``, a hung one ``vision_timeout``."""
         loop = asyncio.get_running_loop()
-        executor = self.executor
-        try:
-            return await loop.run_in_executor(executor, analyse_frame, jpeg, max_pixels, templates, threshold,
-                                              upsample, expected)
-        except BrokenProcessPool:
-            if executor is self.executor:
+        for _attempt in range(2):
+            executor = self.executor
+            try:
+                return await asyncio.wait_for(loop.run_in_executor(
+                    executor, analyse_frame, jpeg, max_pixels, templates, threshold, upsample, expected),
+                    self.timeout_s)
+            except TimeoutError:
+                if executor is self.executor:
+                    log.error("vision did not answer in time; replacing the pool",
+                              extra={"timeout_s": self.timeout_s, "processes": self.processes})
+                    self._replace(executor, kill=True)
+                return FrameResult(rejected=("vision_timeout", f"no vision result within {self.timeout_s:g} s"))
+            except BrokenProcessPool:
+                if executor is not self.executor:
+                    continue  # its pool was replaced (a hung neighbour): analyse again on the new one
                 log.error("vision process died; starting a new pool", extra={"processes": self.processes})
-                executor.shutdown(wait=False, cancel_futures=True)
-                self.executor = self._factory(self.processes)
-            return FrameResult(rejected=("vision_crashed", "vision process died while analysing this frame"))
+                self._replace(executor, kill=False)
+                return FrameResult(rejected=("vision_crashed", "vision process died while analysing this frame"))
+        return FrameResult(rejected=("vision_crashed", "vision pool replaced twice while analysing this frame"))
+
+    def _replace(self, executor: Executor, kill: bool) -> None:
+        self.executor = self._factory(self.processes)
+        if kill:  # ProcessPoolExecutor has no public way to stop a process that does not return
+            processes = getattr(executor, "_processes", None) or {}
+            for process in list(processes.values()):
+                process.kill()
+        # no cancel_futures: a cancelled future would cancel its awaiting task; on a killed pool they
+        # fail with BrokenProcessPool instead and are analysed again on the new pool
+        executor.shutdown(wait=False)
 
     def shutdown(self) -> None:
         """Stop the vision processes."""

@@ -81,6 +81,8 @@ class WorkerSettings(Section):
     data_dir: Path | None = Field(None, description="Faust's data directory (default: stack.home/worker/<app id>)")
     vision_processes: int = Field(0, ge=0, description="0 = one per core")
     frame_batch: int = Field(0, ge=0, description="frames in flight at most (0 = 2 x vision processes)")
+    vision_timeout_s: float = Field(60.0, gt=0, description="a frame whose analysis takes longer is dead-lettered "
+                                    "(vision_timeout) and the vision pool replaced")
     max_frame_pixels: int = Field(8192 * 8192, ge=1, description="JPEG headers above this go to the DLQ undecoded")
     pseudonym_keys: dict[str, SecretStr] = Field(default_factory=dict,
                                                  description="tenant -> HMAC key; '*' applies to other tenants")
