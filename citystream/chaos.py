@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from citystream.schemas import migrate as schema
 from citystream.schemas.topics import RAW_FRAMES
 from citystream.settings import Settings, dump_settings, load_settings
 from citystream.stack import kafka, local, mosquitto
-from citystream.stack.procs import free_port
+from citystream.stack.procs import free_port, terminate
 
 STAGES = ("sink", "bridge", "worker", "gateways")
 FAULT_KINDS = ("kill9_gateways", "kill9_bridge", "kill9_worker", "kill9_sink", "restart_mqtt", "kill9_mqtt",
@@ -151,16 +150,7 @@ class Run:
         """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code."""
         p = self.procs[name]
         p.planned_down = True
-        if p.proc is None:
-            return None
-        if p.proc.poll() is None:
-            p.proc.send_signal(signal.SIGTERM)
-            try:
-                p.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.proc.kill()
-                p.proc.wait(30)
-        return p.proc.returncode
+        return None if p.proc is None else terminate(p.proc, timeout_s)
 
     def wait(self, what: str, cond: Callable[[], bool], timeout_s: float) -> bool:
         """Poll ``cond`` (supervising meanwhile) until true or time runs out."""
@@ -180,24 +170,19 @@ class Run:
         if fault.kind.startswith("kill9_") and fault.kind != "kill9_mqtt":
             name = fault.kind.removeprefix("kill9_")
             self.kill(name)
-            self._pause(fault.down_s)
+            time.sleep(fault.down_s)
             self.start(name)
             return
         creds = local.credentials(self.home)
         if fault.kind in ("restart_mqtt", "kill9_mqtt"):
             server = mosquitto.server(self.settings)
             server.kill() if fault.kind == "kill9_mqtt" else server.stop()
-            self._pause(fault.down_s)
+            time.sleep(fault.down_s)
             mosquitto.up(self.settings, creds)
         elif fault.kind == "restart_kafka":
             kafka.server(self.settings).stop()
-            self._pause(fault.down_s)
+            time.sleep(fault.down_s)
             kafka.up(self.settings)
-
-    def _pause(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(0.2)
 
 
 def isolated_stack(base: Settings, home: Path) -> tuple[Settings, Path]:

@@ -12,7 +12,6 @@ that JSON object. Exit 1 if anything was lost, doubled or dead-lettered, or a st
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings, config_path
 from citystream.stack import local
-from citystream.stack.procs import free_port
+from citystream.stack.procs import free_port, terminate
 
 
 @dataclass
@@ -79,14 +78,7 @@ class Pipeline:
     def stop(self, timeout_s: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every stage (sink last, so it stores what the others flushed); returns exit codes."""
         for st in sorted(self.stages, key=lambda s: s.name == "sink"):
-            if st.proc.poll() is None:
-                st.proc.send_signal(signal.SIGTERM)
-                try:
-                    st.proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    st.proc.kill()
-                    st.proc.wait()
-            st.exit_code = st.proc.returncode
+            st.exit_code = terminate(st.proc, timeout_s)
         return {st.name: st.exit_code for st in self.stages}
 
 

@@ -14,6 +14,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM a child and wait; SIGKILL it after ``timeout_s``. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass(frozen=True)
 class Managed:
     """A server process the stack owns: its pid file, log file and a marker found in its command line."""
