@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import metadata
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 
+from citystream.httpd import Handler
 from citystream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -55,32 +56,22 @@ def readiness(registry: CollectorRegistry) -> tuple[bool, dict[str, float]]:
     return all(v >= 1 for v in gauges.values()), gauges
 
 
-def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def _reply(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+def _handler(registry: CollectorRegistry) -> type[Handler]:
+    class MetricsHandler(Handler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self.reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._reply(200, b"ok", "text/plain")
+                self.reply(200, b"ok", "text/plain")
             elif path == "/readyz":
                 ready, gauges = readiness(registry)
-                self._reply(200 if ready else 503, orjson.dumps({"ready": ready, "gauges": gauges}),
+                self.reply(200 if ready else 503, orjson.dumps({"ready": ready, "gauges": gauges}),
                             "application/json")
             else:
-                self._reply(404, b"not found: /metrics, /healthz, /readyz", "text/plain")
+                self.reply(404, b"not found: /metrics, /healthz, /readyz", "text/plain")
 
-    return Handler
+    return MetricsHandler
 
 
 def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry = REGISTRY) -> Any:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
 from citystream.clickhouse import StoreError, new_token, reader, run_readonly
+from citystream.httpd import Handler
 from citystream.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -45,47 +45,38 @@ class QueryServer:
         self.token = token or new_token()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("query endpoint " + format, *args)
-
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class QueryHandler(Handler):
 
             def do_GET(self) -> None:
                 if urlparse(self.path).path == "/health":
-                    self._reply(200, b"ok", "text/plain")
+                    self.reply(200, b"ok", "text/plain")
                 else:
-                    self._reply(404, b"not found", "text/plain")
+                    self.reply(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
                 given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
                 if not hmac.compare_digest(given.encode(), server.token.encode()):
-                    self._reply(401, b"a bearer token is required (the sink's owner file has it)", "text/plain")
+                    self.reply(401, b"a bearer token is required (the sink's owner file has it)", "text/plain")
                     return
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 if url.path != "/query" or not 0 < length <= MAX_SQL_BYTES:
-                    self._reply(400, b"POST /query with SQL in the body (at most 1 MiB)", "text/plain")
+                    self.reply(400, b"POST /query with SQL in the body (at most 1 MiB)", "text/plain")
                     return
                 sql = self.rfile.read(length).decode(errors="replace")
                 database = parse_qs(url.query).get("database", [server.ch.database])[0]
                 try:
                     table = server.run(sql, database)
                 except StoreError as exc:
-                    self._reply(400, str(exc).encode(), "text/plain; charset=utf-8")
+                    self.reply(400, str(exc).encode(), "text/plain; charset=utf-8")
                     return
                 except Exception as exc:  # never drop the connection without an answer
                     log.exception("query endpoint failed")
-                    self._reply(500, f"query failed: {exc}".encode(), "text/plain; charset=utf-8")
+                    self.reply(500, f"query failed: {exc}".encode(), "text/plain; charset=utf-8")
                     return
-                self._reply(200, _arrow_bytes(table), "application/vnd.apache.arrow.stream")
+                self.reply(200, _arrow_bytes(table), "application/vnd.apache.arrow.stream")
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), QueryHandler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="query-endpoint", daemon=True)
 
