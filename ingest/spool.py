@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -94,6 +95,14 @@ def open_state(path: Path, fsync: bool) -> sqlite3.Connection:
 
 class SpoolFull(Exception):
     """Raised internally when the block policy waited and the spool is still full."""
+
+
+_SELECT = "SELECT id, stream, device, seq, topic, payload, props, nbytes FROM spool"
+
+
+def _spooled(r: tuple[Any, ...]) -> Spooled:
+    """A row of ``_SELECT`` as a Spooled message."""
+    return Spooled(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), tuple(tuple(p) for p in orjson.loads(r[6])), r[7])
 
 
 class Spool:
@@ -199,11 +208,8 @@ class Spool:
         if limit <= 0:
             return []
         with self._cond:
-            rows = self._conn.execute(
-                "SELECT id, stream, device, seq, topic, payload, props, nbytes FROM spool WHERE id > ? "
-                "ORDER BY id LIMIT ?", (cursor, limit)).fetchall()
-        return [Spooled(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), tuple(tuple(p) for p in orjson.loads(r[6])), r[7])
-                for r in rows]
+            rows = self._conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit)).fetchall()
+        return [_spooled(r) for r in rows]
 
     def rows(self, ids: Iterable[int]) -> list[Spooled]:
         """The stored messages among ``ids`` (ones already deleted are skipped), oldest first."""
@@ -213,11 +219,8 @@ class Spool:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                out += [Spooled(r[0], r[1], r[2], r[3], r[4], bytes(r[5]),
-                                tuple(tuple(p) for p in orjson.loads(r[6])), r[7])
-                        for r in self._conn.execute(
-                            "SELECT id, stream, device, seq, topic, payload, props, nbytes FROM spool "
-                            f"WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()]
+                out += [_spooled(r) for r in self._conn.execute(
+                    f"{_SELECT} WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()]
         return out
 
     def ack(self, ids: Iterable[int]) -> int:
