@@ -9,7 +9,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from citystream.chaos import FAULT_KINDS, reconcile, schedule
+from citystream.chaos import FAULT_KINDS, schedule
+from citystream.reconcile import reconcile
 from tests.conftest import citystream
 
 
