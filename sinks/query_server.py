@@ -8,6 +8,12 @@ dedicated client with ``readonly=1``; writes, DDL and setting changes are refuse
 It listens on loopback by default (``sink.query_host``/``sink.query_port``; port 0 picks a free one)
 and is advertised, with its token, by :func:`citystream.clickhouse.advertise` in an owner file only
 the sink's user can read.
+
+``POST /privacy?database=DB`` with ``{"op", "payload"}`` as JSON and the same token runs one of the
+fixed privacy operations (:data:`citystream.privacy_store.OPS`: append an audit entry, erase a plate's
+records) on a dedicated writable client, and answers ``200`` with the result as JSON, ``400`` with the
+reason. It never runs SQL from the request: the embedded store has one owner, so audit and erasure
+writes must go through it.
 """
 
 from __future__ import annotations
@@ -15,18 +21,23 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import orjson
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
 from citystream.clickhouse import StoreError, new_token, reader, run_readonly
 from citystream.httpd import Handler
+from citystream.privacy_store import run_op, writer
 from citystream.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
 MAX_SQL_BYTES = 1024 * 1024
+ROUTES = ("/query", "/privacy")
 
 
 def _arrow_bytes(table: pa.Table) -> bytes:
@@ -60,21 +71,29 @@ class QueryServer:
                     return
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
-                if url.path != "/query" or not 0 < length <= MAX_SQL_BYTES:
-                    self.reply(400, b"POST /query with SQL in the body (at most 1 MiB)", "text/plain")
+                if url.path not in ROUTES or not 0 < length <= MAX_SQL_BYTES:
+                    self.reply(400, b"POST /query with SQL or /privacy with JSON in the body (at most 1 MiB)",
+                               "text/plain")
                     return
-                sql = self.rfile.read(length).decode(errors="replace")
+                body = self.rfile.read(length)
                 database = parse_qs(url.query).get("database", [server.ch.database])[0]
+                if url.path == "/query":
+                    self.answer(lambda: _arrow_bytes(server.run(body.decode(errors="replace"), database)),
+                                "application/vnd.apache.arrow.stream")
+                else:
+                    self.answer(lambda: orjson.dumps(server.privacy(body, database)), "application/json")
+
+            def answer(self, produce: Callable[[], bytes], ctype: str) -> None:
                 try:
-                    table = server.run(sql, database)
+                    data = produce()
                 except StoreError as exc:
                     self.reply(400, str(exc).encode(), "text/plain; charset=utf-8")
                     return
                 except Exception as exc:  # never drop the connection without an answer
                     log.exception("query endpoint failed")
-                    self.reply(500, f"query failed: {exc}".encode(), "text/plain; charset=utf-8")
+                    self.reply(500, f"request failed: {exc}".encode(), "text/plain; charset=utf-8")
                     return
-                self.reply(200, _arrow_bytes(table), "application/vnd.apache.arrow.stream")
+                self.reply(200, data, ctype)
 
         self.httpd = ThreadingHTTPServer((host, port), QueryHandler)
         self.httpd.daemon_threads = True
@@ -90,6 +109,18 @@ class QueryServer:
         """One read-only query on ``database``."""
         ch = self.ch.model_copy(update={"database": database})
         return run_readonly(reader(ch), sql)
+
+    def privacy(self, body: bytes, database: str) -> dict[str, Any]:
+        """One fixed privacy operation (``{"op", "payload"}``) on ``database``."""
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise StoreError(f"privacy: the body is not JSON: {exc}") from exc
+        if not isinstance(request, dict):
+            raise StoreError('privacy: the body must be {"op": ..., "payload": {...}}')
+        result: dict[str, Any] = run_op(writer(self.ch), database, str(request.get("op")), request.get("payload"))
+        log.info("privacy operation", extra={"op": request.get("op"), "database": database})
+        return result
 
     def start(self) -> QueryServer:
         """Start serving; returns self."""

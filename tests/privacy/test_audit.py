@@ -1,0 +1,100 @@
+"""The audit log on the embedded engine: appended, read back newest first, unchangeable through the read path."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+import pytest
+
+from citystream import clickhouse
+from citystream.audit import AuditEntry, entries, record
+from citystream.clickhouse import StoreError
+from citystream.privacy_store import PrivacyOpError, run_op
+from citystream.schemas.migrate import migrate
+from citystream.settings import ClickHouseSettings, Settings
+from citystream.sinks.query_server import QueryServer
+
+
+@pytest.fixture
+def store(chdb_dsn: str, unique: str) -> Settings:
+    """Settings on this test's migrated database of the process's chDB path."""
+    settings = Settings(clickhouse=ClickHouseSettings(dsn=chdb_dsn, database=unique))
+    migrate(clickhouse.connect(settings, database=False), unique)
+    return settings
+
+
+@pytest.mark.integration
+def test_entries_are_appended_and_read_back_newest_first(store: Settings) -> None:
+    record(store, AuditEntry(actor="somchai", action="privacy.search", subject="plate:" + "a" * 64,
+                             reason="access request 12/2569", legal_basis="PDPA s.30", tenant="nakhon-rangsit",
+                             details={"records": 3, "tables": ["plate_reads"]}))
+    record(store, AuditEntry(actor="malee", action="privacy.erase", subject="plate:" + "a" * 64,
+                             reason="erasure request 13/2569"))
+    got = entries(store)
+    assert [e["action"] for e in got] == ["privacy.erase", "privacy.search"]
+    assert got[1]["actor"] == "somchai" and got[1]["tenant"] == "nakhon-rangsit"
+    assert got[1]["legal_basis"] == "PDPA s.30" and got[1]["details"] == {"records": 3, "tables": ["plate_reads"]}
+    assert got[0]["at"] >= got[1]["at"] and got[0]["at"].tzinfo is not None
+    assert [e["action"] for e in entries(store, limit=1)] == ["privacy.erase"]
+
+
+@pytest.mark.integration
+def test_an_entry_without_actor_or_action_is_refused(store: Settings) -> None:
+    with pytest.raises(ValueError, match="actor"):
+        record(store, AuditEntry(actor=" ", action="privacy.search", subject="x", reason="r"))
+    with pytest.raises(PrivacyOpError, match="actor and action"):
+        run_op(clickhouse.connect(store, database=False), store.clickhouse.database, "audit",
+               {"entry": {"actor": "a", "action": "", "subject": "x", "reason": "r"}})
+    assert entries(store) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sql", [
+    "ALTER TABLE audit_log UPDATE reason = 'nothing' WHERE 1",
+    "ALTER TABLE audit_log DELETE WHERE 1",
+    "DELETE FROM audit_log WHERE 1",
+    "TRUNCATE TABLE audit_log",
+    "DROP TABLE audit_log",
+    "INSERT INTO audit_log (actor, action) VALUES ('x', 'forged')",
+])
+def test_audit_rows_cannot_be_changed_through_the_read_only_path(store: Settings, sql: str) -> None:
+    record(store, AuditEntry(actor="somchai", action="privacy.search", subject="s", reason="r"))
+    with pytest.raises(StoreError):
+        clickhouse.query_rows(store, sql)
+    assert [(e["actor"], e["action"], e["reason"]) for e in entries(store)] == [("somchai", "privacy.search", "r")]
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.integration
+def test_the_privacy_route_wants_the_token_and_runs_only_its_fixed_operations(store: Settings) -> None:
+    db = store.clickhouse.database
+    server = QueryServer(store.clickhouse, "127.0.0.1", 0).start()
+    try:
+        url = f"{server.url}/privacy?database={db}"
+        entry = {"actor": "somchai", "action": "privacy.search", "subject": "s", "reason": "r"}
+        good = orjson.dumps({"op": "audit", "payload": {"entry": entry}})
+        assert _post(url, good, None)[0] == 401
+        assert _post(url, good, "wrong")[0] == 401
+        code, body = _post(url, good, server.token)
+        assert code == 200 and "at" in orjson.loads(body)
+        for bad in (b"not json", orjson.dumps({"op": "sql", "payload": {"sql": "DROP TABLE audit_log"}}),
+                    orjson.dumps({"op": "erase", "payload": {"pairs": [["t", "'; DROP TABLE audit_log; --"]]}}),
+                    orjson.dumps({"op": "audit", "payload": {"entry": {**entry, "details": [1]}}})):
+            code, body = _post(url, bad, server.token)
+            assert code == 400, body
+    finally:
+        server.stop()
+    got: list[dict[str, Any]] = entries(store)
+    assert [(e["actor"], e["action"]) for e in got] == [("somchai", "privacy.search")]
