@@ -90,6 +90,7 @@ from citystream.ingest.inflight import InflightWindow, Slot
 from citystream.ingest.seqtrack import Gap, SeqTracker
 from citystream.ingest.validate import RECEIVED_HEADER, Accepted, Rejected, Validator, received_at
 from citystream.metrics import serve_metrics
+from citystream.retry import Backoff
 from citystream.schemas.events import DeadLetter, DeviceStatus, derived_event_id, make_event_id
 from citystream.schemas.topics import (
     DEVICE_STATUS,
@@ -160,7 +161,7 @@ class Bridge:
         self.fatal: str | None = None
         self._reads = 0
         self._connected = False
-        self._backoff = 0.5
+        self._backoff = Backoff(0.5, settings.bridge.reconnect_max_s)
         self._started = False
         self._next_ready = 0.0
         self._next_confirm = 0.0
@@ -198,7 +199,7 @@ class Bridge:
                 self.fatal = f"MQTT broker refused login of '{self.settings.mqtt.username}': {reason}"
             log.error("mqtt connect refused", extra={"reason": str(reason)})
             return
-        self._backoff = 0.5
+        self._backoff.reset()
         self._connected = True
         flt = mqtt_subscription(self.settings.mqtt.topic_root, self.settings.bridge.share_group)
         client.subscribe(flt, options=SubscribeOptions(qos=1))
@@ -348,11 +349,12 @@ class Bridge:
                 self._connect()
             return
         except OSError as exc:
-            log.warning("mqtt connect failed", extra={"error": str(exc), "retry_in_s": self._backoff})
-        deadline = time.monotonic() + self._backoff
+            error = str(exc)
+        delay = self._backoff.next()
+        log.warning("mqtt connect failed", extra={"error": error, "retry_in_s": round(delay, 3)})
+        deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not self.stopping:
             self.out.poll(0.05)
-        self._backoff = min(self._backoff * 2, self.settings.bridge.reconnect_max_s)
 
     def _step(self) -> None:
         self._check_fatal()

@@ -66,25 +66,6 @@ def check_frame(frame: object) -> Image:
     return frame
 
 
-class Backoff:
-    """Reconnect delays: ``min_s``, then doubling up to ``max_s``; ``reset`` after a success."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s = min_s
-        self.max_s = max(max_s, min_s)
-        self._current = min_s
-
-    def next(self) -> float:
-        """The delay before the next attempt (grows each call)."""
-        delay = self._current
-        self._current = min(self._current * 2, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``min_s``."""
-        self._current = self.min_s
-
-
 class Pacer:
     """Sleeps so that a file-like source is read at ``fps`` frames per second of wall time."""
 

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from citystream.ingest.cameras import (
-    Backoff,
     BadFrame,
     CameraError,
     CameraSource,
@@ -41,6 +40,7 @@ from citystream.ingest.motion import Decision, MotionGate
 from citystream.ingest.publisher import GatewayMetrics, Publisher
 from citystream.ingest.sensors import BadReading, SensorSource, open_sensor
 from citystream.ingest.spool import Outgoing, Spool
+from citystream.retry import Backoff
 from citystream.schemas.events import DeviceState, DeviceStatus, FrameMeta, SensorReading, make_event_id
 from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import frame_meta_pairs, to_json

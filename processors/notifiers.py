@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
+from citystream.retry import Backoff, GaveUp, retry_async
 from citystream.schemas.events import Alert
 from citystream.settings.worker import NotifierSettings
 
@@ -139,21 +140,17 @@ class Channel:
     async def deliver(self, session: aiohttp.ClientSession, alert: Alert) -> bool:
         """Send with retries; True when the endpoint accepted it."""
         headers, body = self.notifier.request(alert)
-        last = ""
-        for attempt in range(self.config.retries + 1):
-            if attempt:
-                self.counter.labels(self.name, "retried").inc()
-                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
-            try:
-                await self._post(session, headers, body)
-            except PermanentError as exc:
-                return self._failed(alert, str(exc))
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            self.counter.labels(self.name, "sent").inc()
-            return True
-        return self._failed(alert, last)
+        cfg = self.config
+        try:
+            await retry_async(lambda: self._post(session, headers, body), what=f"notifier {self.name}",
+                              retryable=(aiohttp.ClientError, TimeoutError, OSError),
+                              backoff=Backoff(cfg.backoff_s, cfg.backoff_s * 2 ** cfg.retries),
+                              attempts=cfg.retries + 1,
+                              on_retry=lambda _: self.counter.labels(self.name, "retried").inc())
+        except (PermanentError, GaveUp) as exc:
+            return self._failed(alert, str(exc))
+        self.counter.labels(self.name, "sent").inc()
+        return True
 
     async def _post(self, session: aiohttp.ClientSession, headers: dict[str, str], body: bytes) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)

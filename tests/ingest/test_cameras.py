@@ -11,7 +11,6 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from citystream.ingest.cameras import (
-    Backoff,
     BadFrame,
     CameraError,
     CaptureSource,
@@ -44,13 +43,6 @@ def write_video(path: Path, frames: list[Image], fps: float = 25.0) -> Path:
 def camera(**fields: object) -> CameraSpec:
     spec: CameraSpec = TypeAdapter(CameraSpec).validate_python({"device_id": "cam1", **fields})
     return spec
-
-
-def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
-    backoff = Backoff(0.5, 3.0)
-    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
 
 
 def test_camera_type_selects_the_plugin(tmp_path: Path) -> None:
