@@ -16,7 +16,7 @@ def faces() -> None:
 
 
 @faces.command("match")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--tenant", required=True, help="Whose watchlist to match against.")
 @click.option("--threshold", type=float, default=None, help="Euclidean distance (default worker.face_threshold).")
 @click.option("--upsample", type=int, default=None, help="dlib HOG upsampling (default worker.face_upsample).")
