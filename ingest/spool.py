@@ -93,10 +93,6 @@ def open_state(path: Path, fsync: bool) -> sqlite3.Connection:
     return conn
 
 
-class SpoolFull(Exception):
-    """Raised internally when the block policy waited and the spool is still full."""
-
-
 _SELECT = "SELECT id, stream, device, seq, topic, payload, props, nbytes FROM spool"
 
 
