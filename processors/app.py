@@ -1,7 +1,8 @@
 """The Faust app of ``citystream worker``: topics, tables and agents wired from Settings.
 
-Agents: ``frames`` (plates, faces; :mod:`frames_agent`), ``readings`` (range checks, windows and
-alerts; :mod:`sensors`) and ``notify`` (alerts out through notifiers; :mod:`notifiers`).
+Agents: ``frames`` (the ``worker.detectors``, plates and faces by default; :mod:`frames_agent`,
+:mod:`detectors`), ``readings`` (range checks, windows and alerts; :mod:`sensors`) and ``notify``
+(alerts out through notifiers; :mod:`notifiers`).
 Tables: ``sensor-state`` (per-sensor windows and alert state, changelog in Kafka) and the
 ``watchlists`` GlobalTable, whose changelog *is* the compacted ``watchlists`` topic, so every
 worker holds every entry and the CLI's writes reach all workers.
@@ -35,7 +36,7 @@ import faust
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 
-from citystream.processors import faust_fixes, frames_agent
+from citystream.processors import detectors, faust_fixes, frames_agent
 from citystream.processors.alerts import Cooldown
 from citystream.processors.frames_agent import VisionPool, pool_size
 from citystream.processors.notifiers import Dispatcher
@@ -53,8 +54,6 @@ from citystream.schemas.events import Alert, DeadLetter, SensorReading, error_su
 from citystream.schemas.topics import (
     ALERTS,
     DLQ,
-    FACE_MATCHES,
-    PLATE_READS,
     RAW_FRAMES,
     RAW_READINGS,
     TOPICS,
@@ -179,6 +178,8 @@ def data_dir(settings: Settings) -> Path:
 
 def make_faust_app(settings: Settings) -> faust.App:
     """A Faust app configured from Settings (raw bytes in and out, memory tables, web server off or loopback)."""
+    from citystream.processors.kafka_auth import broker_credentials
+
     w = settings.worker
     directory = data_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
@@ -190,6 +191,7 @@ def make_faust_app(settings: Settings) -> faust.App:
         broker_max_poll_records=max(50, 4 * pool_size(w.vision_processes)), producer_acks=-1,
         topic_replication_factor=1, table_cleanup_interval=60.0,
         consumer_group_instance_id=w.instance_id or None,
+        broker_credentials=broker_credentials(settings.kafka),  # kafka.security_protocol, sasl_*, ssl_*
     )
 
 
@@ -227,13 +229,13 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
     watch_table = app.tables.add(WatchlistTable(
         app, name="watchlists", beacon=app.tables.beacon, key_type=bytes, value_type=bytes, partitions=1,
         is_global=True, standby_buffer_size=1, recovery_buffer_size=1, changelog_topic=watch_topic))
-    pool = pool or VisionPool(pool_size(settings.worker.vision_processes),
-                              timeout_s=settings.worker.vision_timeout_s)
+    pool = pool or VisionPool(pool_size(settings.worker.vision_processes), timeout_s=settings.worker.vision_timeout_s,
+                              detectors=detectors.build(settings.worker.detectors))
     ctx = WorkerContext(settings=settings, app=app, pool=pool,
                         metrics=WorkerMetrics(registry), dispatcher=Dispatcher(settings.worker.notifiers, registry),
                         watch=WatchCache(watch_table, settings.worker.watchlist_refresh_s),
                         cooldown=Cooldown(timedelta(seconds=settings.worker.alert_cooldown_s)))
-    for name, base in (("plate_reads", PLATE_READS), ("face_matches", FACE_MATCHES), ("alerts", ALERTS), ("dlq", DLQ)):
+    for name, base in {**detectors.outputs(pool.detectors), "alerts": ALERTS, "dlq": DLQ}.items():
         ctx.topics[name] = app.topic(prefix(base), key_serializer="raw", value_serializer="raw")
     faust_fixes.watch(app, lambda topic, _partition, _offset: ctx.metrics.dropped.labels(topic).inc())
     frames_agent.register(app, ctx)
@@ -272,14 +274,14 @@ def register_watchdog(app: faust.App, ctx: WorkerContext) -> None:
     app.timer(CHECK_EVERY_S, name="liveness")(liveness)
 
 
-def register_readings(app: faust.App, ctx: WorkerContext) -> Any:
+def register_readings(app: faust.App, ctx: WorkerContext) -> faust.types.AgentT:
     """Sensor readings: validate, range-check, window by event time, alert with hysteresis."""
     w = ctx.settings.worker
     table = app.Table(SENSOR_TABLE, key_type=bytes, partitions=SPECS[RAW_READINGS].partitions)
     engine = SensorWindows(w.alert_rules, w.window_s, w.allowed_lateness_s)
     topic = app.topic(ctx.settings.kafka.topic(RAW_READINGS), key_serializer="raw", value_serializer="raw")
 
-    async def readings(stream: Any) -> None:
+    async def readings(stream: faust.StreamT) -> None:
         async for event in stream.events():
             raw = event.value if isinstance(event.value, bytes) else b""
             try:
@@ -305,11 +307,11 @@ def register_readings(app: faust.App, ctx: WorkerContext) -> Any:
     return app.agent(topic, name="readings")(readings)
 
 
-def register_notify(app: faust.App, ctx: WorkerContext) -> Any:
+def register_notify(app: faust.App, ctx: WorkerContext) -> faust.types.AgentT:
     """Alerts from the alerts topic out through the notifiers (never waits on a notifier)."""
     topic = ctx.topics["alerts"]
 
-    async def notify(stream: Any) -> None:
+    async def notify(stream: faust.StreamT) -> None:
         await ctx.dispatcher.start()
         try:
             async for raw in stream:

@@ -1,4 +1,8 @@
-"""Camera frames -> plate reads, face watchlist matches and their alerts.
+"""Camera frames -> the events of the configured detectors (plate reads, face watchlist matches, alerts).
+
+What is looked for is ``worker.detectors`` (:mod:`citystream.processors.detectors`: one plug-in per
+``type``; plates and faces by default); the vision pool runs every detector on each frame and the
+emitter sends their events in the detectors' order.
 
 Vision is CPU-heavy, so it runs in a bounded pool of worker processes (one per core unless
 configured), never on the event loop. The agent hands each frame to the pool
@@ -32,32 +36,64 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from citystream.processors.detectors import AnalysisMeta, Detector, FrameOutputs
+from citystream.processors.detectors import default as default_detectors
 from citystream.processors.vision import FrameRejected, decode
 from citystream.schemas.events import FrameMeta
+
+if TYPE_CHECKING:
+    import faust
+
+    from citystream.processors.app import WorkerContext
+    from citystream.processors.watchlists import WatchlistEntry, WatchlistIndex
 
 log = logging.getLogger(__name__)
 EMITTER_TASK = "frames-emitter"
 
 
-@dataclass(frozen=True)
 class FrameResult:
-    """What the vision process found on one frame (no templates of unknown people)."""
+    """What the vision process found on one frame: each detector's findings by its name, or why it was rejected.
 
-    plates: list[tuple[str, str, float, tuple[int, int, int, int]]] = field(default_factory=list)
-    faces: int = 0
-    face_hits: list[tuple[int, float, tuple[int, int, int, int]]] = field(default_factory=list)
-    rejected: tuple[str, str] | None = None
-    seconds: float = 0.0
+    ``plates`` and ``faces`` read the built-in detectors' findings (for tools and tests); ``faces=`` builds a
+    result with only a face count.
+    """
+
+    __slots__ = ("found", "rejected", "seconds")
+
+    def __init__(self, found: dict[str, Any] | None = None, rejected: tuple[str, str] | None = None,
+                 seconds: float = 0.0, *, faces: int | None = None) -> None:
+        """A result; ``faces`` (a count) adds findings of the ``faces`` detector with no watchlist hit."""
+        self.found: dict[str, Any] = dict(found or {})
+        self.rejected = rejected
+        self.seconds = seconds
+        if faces is not None:
+            from citystream.processors.faces import FaceFindings
+
+            self.found.setdefault("faces", FaceFindings(faces))
+
+    def __repr__(self) -> str:
+        return f"FrameResult(found={self.found!r}, rejected={self.rejected!r}, seconds={self.seconds!r})"
+
+    @property
+    def plates(self) -> list[tuple[str, str, float, tuple[int, int, int, int]]]:
+        """The ``plates`` detector's reads as (registration, province, confidence, bbox)."""
+        return [(p.registration, p.province, p.confidence, p.bbox) for p in self.found.get("plates", [])]
+
+    @property
+    def faces(self) -> int:
+        """How many faces the ``faces`` detector saw (0 without one)."""
+        findings = self.found.get("faces")
+        return 0 if findings is None else int(findings.seen)
 
 
 def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
@@ -74,52 +110,42 @@ def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def warm_up() -> None:
-    """Load the plate and face models once in a new vision process (single-threaded OpenCV: one process per core)."""
+def warm_up(detectors: Sequence[Detector[Any]] | None = None) -> None:
+    """Load the detectors' models once in a new vision process (single-threaded OpenCV: one process per core)."""
     import cv2
 
     exit_with_parent(os.getppid())
-
-    from citystream.processors import faces, plates
-
     cv2.setNumThreads(1)
-    try:
-        faces.models()
-        plates.read_plates(np.zeros((64, 64, 3), np.uint8))
-    except Exception:  # a broken model shows up per frame as vision_error; the pool must still start
-        log.exception("vision warm-up failed")
-
-
-def _box(bbox: tuple[int, ...]) -> tuple[int, int, int, int]:
-    x, y, w, h = (int(v) for v in bbox)
-    return x, y, w, h
+    for detector in detectors if detectors is not None else default_detectors():
+        try:
+            detector.load()
+        except Exception:  # a broken model shows up per frame as vision_error; the pool must still start
+            log.exception("vision warm-up failed", extra={"detector": detector.name, "version": detector.version})
 
 
 def analyse_frame(jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
-                  upsample: int, expected: tuple[int, int] | None = None) -> FrameResult:
-    """Decode one frame (strictly, of the ``expected`` FrameMeta size) and read its plates and watchlisted faces.
+                  upsample: int, expected: tuple[int, int] | None = None,
+                  detectors: Sequence[Detector[Any]] | None = None, meta: FrameMeta | None = None) -> FrameResult:
+    """Decode one frame (strictly, of the ``expected`` FrameMeta size) and run every detector on it.
 
     Runs in a vision process; see :mod:`citystream.processors.vision` for what is rejected before analysis.
+    ``templates``, ``threshold`` and ``upsample`` are the tenant's face watchlist and its matching settings;
+    ``detectors`` default to plates and faces.
     """
-    import time
-
-    from citystream.processors.faces import analyse_faces
-    from citystream.processors.plates import read_plates
-
     started = time.perf_counter()
     try:
         bgr = decode(jpeg, max_pixels, expected)
     except FrameRejected as exc:
         return FrameResult(rejected=(exc.reason, exc.detail))
-    try:
-        plates = [(p.registration, p.province, float(p.confidence), _box(p.bbox)) for p in read_plates(bgr)]
-        count, hits = analyse_faces(bgr, templates, threshold, upsample)
-    except Exception as exc:  # a reader bug must not stop the stream: the frame goes to the DLQ
-        log.exception("vision failed on a frame")
-        return FrameResult(rejected=("vision_error", f"{type(exc).__name__}: {exc}"[:1000]))
-    return FrameResult(plates=plates, faces=count,
-                       face_hits=[(h.index, h.distance, h.bbox) for h in hits],
-                       seconds=time.perf_counter() - started)
+    context = AnalysisMeta(meta, templates, threshold, upsample)
+    found: dict[str, Any] = {}
+    for detector in detectors if detectors is not None else default_detectors():
+        try:
+            found[detector.name] = detector.analyse(bgr, context)
+        except Exception as exc:  # a detector bug must not stop the stream: the frame goes to the DLQ
+            log.exception("vision failed on a frame", extra={"detector": detector.name, "version": detector.version})
+            return FrameResult(rejected=("vision_error", f"{detector.name}: {type(exc).__name__}: {exc}"[:1000]))
+    return FrameResult(found, seconds=time.perf_counter() - started)
 
 
 def pool_size(configured: int) -> int:
@@ -138,30 +164,33 @@ class VisionPool:
     A frame whose analysis does not return within ``timeout_s`` is rejected (``vision_timeout``: a dead
     letter with its bytes) and the pool is replaced, its processes killed: a hung process must not
     hold the frames agent (which emits in order) until the watchdog restarts the worker. Frames that
-    were in flight on the killed pool are analysed again on the new one.
+    were in flight on the killed pool are analysed again on the new one. ``detectors`` (default: plates
+    and faces) are loaded when a vision process starts and run on every frame; they travel to the
+    process with each frame (they hold settings only, their models stay in the process).
     """
 
     def __init__(self, processes: int, factory: Callable[[int], Executor] | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, detectors: Sequence[Detector[Any]] | None = None) -> None:
         self.processes = processes
         self.timeout_s = timeout_s
+        self.detectors = list(detectors) if detectors is not None else default_detectors()
         self._factory = factory or self._spawn_pool
         self.executor = self._factory(processes)
 
-    @staticmethod
-    def _spawn_pool(processes: int) -> Executor:
-        return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
+    def _spawn_pool(self, processes: int) -> Executor:
+        return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up,
+                                   initargs=(self.detectors,))
 
     async def run(self, jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
-                  upsample: int, expected: tuple[int, int] | None = None) -> FrameResult:
+                  upsample: int, expected: tuple[int, int] | None = None, meta: FrameMeta | None = None) -> FrameResult:
         """Analyse one frame in the pool; a crashed process gives ``vision_crashed``, a hung one ``vision_timeout``."""
         loop = asyncio.get_running_loop()
         for _attempt in range(2):
             executor = self.executor
             try:
                 return await asyncio.wait_for(loop.run_in_executor(
-                    executor, analyse_frame, jpeg, max_pixels, templates, threshold, upsample, expected),
-                    self.timeout_s)
+                    executor, analyse_frame, jpeg, max_pixels, templates, threshold, upsample, expected,
+                    self.detectors, meta), self.timeout_s)
             except TimeoutError:
                 if executor is self.executor:
                     log.error("vision did not answer in time; replacing the pool",
@@ -210,7 +239,7 @@ def header_dict(headers: Any) -> dict[str, str]:
     return {str(k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) for k, v in items}
 
 
-def to_frame(event: Any) -> Frame:
+def to_frame(event: faust.types.EventT) -> Frame:
     """A Faust event of ``raw.frames`` as a Frame; bad headers leave ``meta`` None with the reason."""
     from pydantic import ValidationError
 
@@ -227,18 +256,21 @@ def to_frame(event: Any) -> Frame:
     return frame
 
 
-def register(app: Any, ctx: Any) -> Any:
-    """Add the frames agent to the Faust app; ``ctx`` is the app's WorkerContext."""
+Analysis = tuple[FrameResult, "list[WatchlistEntry]", "WatchlistIndex"]
+Pending = tuple["faust.types.EventT", Frame, "asyncio.Future[Analysis]"]
+
+
+def register(app: faust.App, ctx: WorkerContext) -> faust.types.AgentT:
+    """Add the frames agent to the Faust app."""
     from citystream.schemas.topics import RAW_FRAMES
 
     settings = ctx.settings
     in_flight = settings.worker.frame_batch or 2 * ctx.pool.processes
     topic = app.topic(settings.kafka.topic(RAW_FRAMES), key_serializer="raw", value_serializer="raw")
 
-    async def frames(stream: Any) -> None:
+    async def frames(stream: faust.StreamT) -> None:
         manual = stream.noack()
-        pending: asyncio.Queue[tuple[Any, Frame, asyncio.Future[tuple[FrameResult, list[Any], Any]]]] = (
-            asyncio.Queue(in_flight))
+        pending: asyncio.Queue[Pending] = asyncio.Queue(in_flight)
         emitter = asyncio.create_task(emit_in_order(ctx, manual, pending), name=EMITTER_TASK)
         try:
             async for event in manual.events():
@@ -251,7 +283,7 @@ def register(app: Any, ctx: Any) -> Any:
     return app.agent(topic, name="frames")(frames)
 
 
-async def put_while_emitting(pending: asyncio.Queue[Any], item: Any, emitter: asyncio.Task[None]) -> None:
+async def put_while_emitting(pending: asyncio.Queue[Pending], item: Pending, emitter: asyncio.Task[None]) -> None:
     """Queue ``item``, waiting while the queue is full (backpressure), but raise what stopped ``emitter`` at once.
 
     Only the emitter drains the queue: a plain ``put`` on a full queue would wait forever once it died.
@@ -268,7 +300,7 @@ async def put_while_emitting(pending: asyncio.Queue[Any], item: Any, emitter: as
         raise RuntimeError("the frames emitter ended")
 
 
-async def analyse(ctx: Any, frame: Frame) -> tuple[FrameResult, list[Any], Any]:
+async def analyse(ctx: WorkerContext, frame: Frame) -> Analysis:
     """One frame in the pool with its tenant's current face templates; returns (result, face entries, index)."""
     index = ctx.watch.index()
     if frame.meta is None:
@@ -276,11 +308,11 @@ async def analyse(ctx: Any, frame: Frame) -> tuple[FrameResult, list[Any], Any]:
     entries, templates = index.face_templates(frame.meta.tenant, datetime.now(UTC))
     w = ctx.settings.worker
     result = await ctx.pool.run(frame.jpeg, w.max_frame_pixels, templates, w.face_threshold, w.face_upsample,
-                                (frame.meta.width, frame.meta.height))
+                                (frame.meta.width, frame.meta.height), frame.meta)
     return result, entries, index
 
 
-async def emit_in_order(ctx: Any, stream: Any, pending: asyncio.Queue[Any]) -> None:
+async def emit_in_order(ctx: WorkerContext, stream: faust.StreamT, pending: asyncio.Queue[Pending]) -> None:
     """Emit each frame's outputs in arrival order, then acknowledge its offset; a failure is logged, then raised."""
     try:
         while True:
@@ -294,7 +326,8 @@ async def emit_in_order(ctx: Any, stream: Any, pending: asyncio.Queue[Any]) -> N
         raise
 
 
-async def emit_safely(ctx: Any, frame: Frame, result: FrameResult, entries: list[Any], index: Any) -> None:
+async def emit_safely(ctx: WorkerContext, frame: Frame, result: FrameResult, entries: list[WatchlistEntry],
+                      index: WatchlistIndex) -> None:
     """Emit one frame's outputs; an output that fails its contract sends the frame to the DLQ instead."""
     try:
         await emit_frame(ctx, frame, result, entries, index, datetime.now(UTC))
@@ -304,14 +337,14 @@ async def emit_safely(ctx: Any, frame: Frame, result: FrameResult, entries: list
                               frame.headers, frame.meta.tenant if frame.meta else "")
 
 
-async def emit_frame(ctx: Any, frame: Frame, result: FrameResult, entries: list[Any], index: Any,
-                     now: datetime) -> None:
-    """Send one frame's dead letter, or its plate reads, face matches and alerts."""
-    from citystream.processors.alerts import face_alert, plate_alert
-    from citystream.processors.plates import pseudonym
-    from citystream.schemas.events import FaceMatch, PlateRead, derived_event_id
-
+async def emit_frame(ctx: WorkerContext, frame: Frame, result: FrameResult, entries: list[WatchlistEntry],
+                     index: WatchlistIndex, now: datetime) -> None:
+    """Send one frame's dead letter, or the events of every detector, in the detectors' order."""
     meta = frame.meta
+    detectors = ctx.pool.detectors
+    missing = [d.name for d in detectors if d.name not in result.found]
+    if result.rejected is None and missing:  # cannot happen with one detector list; never drop a frame silently
+        result = FrameResult(rejected=("vision_error", f"no findings from detector(s) {', '.join(missing)}"))
     if result.rejected is not None or meta is None:
         reason, detail = result.rejected or ("bad_frame_meta", frame.error)
         await ctx.dead_letter(frame.topic, frame.jpeg, reason, detail, frame.headers, meta.tenant if meta else "")
@@ -319,28 +352,6 @@ async def emit_frame(ctx: Any, frame: Frame, result: FrameResult, entries: list[
         return
     ctx.metrics.frames.labels("ok").inc()
     ctx.metrics.vision_seconds.observe(result.seconds)
-    ctx.metrics.count_faces(meta.device_id, result.faces)
-    base = meta.model_dump(include={"tenant", "gateway_id", "device_id", "seq", "captured_at", "district"})
-    key: bytes | None = ctx.pseudonym_key(meta.tenant) if result.plates else None
-    if result.plates and key is None:
-        await ctx.dead_letter(frame.topic, frame.jpeg, "no_pseudonym_key",
-                              f"no worker.pseudonym_keys entry for tenant {meta.tenant!r}", frame.headers, meta.tenant)
-    for i, (registration, province, confidence, bbox) in enumerate(result.plates if key is not None else []):
-        assert key is not None
-        entry = index.match_plate(meta.tenant, registration, province, now)
-        read = PlateRead(event_id=derived_event_id(meta.event_id, "plate", i), source_event_id=meta.event_id,
-                         plate_pseudonym=pseudonym(registration, province, key),
-                         confidence=min(1.0, max(0.0, confidence)), bbox=bbox,
-                         watchlist_hit=entry is not None, **base)
-        await ctx.send("plate_reads", read)
-        ctx.metrics.plates.labels("hit" if entry else "miss").inc()
-        if entry is not None and ctx.cooldown.allow(meta.tenant, meta.device_id, entry.entry_id, meta.captured_at):
-            await ctx.send("alerts", plate_alert(read, entry))
-    for i, (j, distance, bbox) in enumerate(result.face_hits):
-        entry = entries[j]
-        match = FaceMatch(event_id=derived_event_id(meta.event_id, "face", i), source_event_id=meta.event_id,
-                          watchlist_entry_id=entry.entry_id, distance=round(distance, 4), bbox=bbox, **base)
-        await ctx.send("face_matches", match)
-        ctx.metrics.face_matches.inc()
-        if ctx.cooldown.allow(meta.tenant, meta.device_id, entry.entry_id, meta.captured_at):
-            await ctx.send("alerts", face_alert(match, entry, ctx.settings.worker.face_threshold))
+    out = FrameOutputs(ctx, frame, meta, index, entries, now)
+    for detector in detectors:
+        await detector.emit(out, result.found[detector.name])

@@ -25,6 +25,8 @@ Accuracy (``citystream plates eval``, bench): 95.0-97.0 % exact registration + p
 Use :class:`PlateReader` (one per thread) or :func:`read_plates` (a per-thread default reader).
 Plates are personal data (PDPA): store :func:`pseudonym` values where the raw text is not needed;
 ``WorkerSettings.pseudonym_key`` picks the tenant's key from ``worker.pseudonym_keys``.
+In the worker, :class:`PlatesDetector` is the ``plates`` detector (:mod:`detectors`): PlateRead events that
+carry only the pseudonym, matched against the plate watchlist in memory, and their alerts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -46,6 +49,11 @@ from citystream.processors.plate_format import DIGITS, PLATE_CONSONANTS, normali
 from citystream.processors.plate_ocr import TESSDATA
 from citystream.processors.plate_province import default_province_model, read_province
 from citystream.processors.plate_segment import Segmentation, segment
+from citystream.schemas.topics import PLATE_READS
+from citystream.settings.worker import DetectorBase, PlatesDetectorSettings
+
+if TYPE_CHECKING:
+    from citystream.processors.detectors import AnalysisMeta, FrameOutputs
 
 Bbox = tuple[int, int, int, int]
 SEGMENT_VARIANTS = ((25, 0.0), (41, -8.0), (17, 8.0))
@@ -249,3 +257,51 @@ def default_reader() -> PlateReader:
 def read_plates(bgr: NDArray[np.uint8]) -> list[PlateResult]:
     """Return the Thai car plates read in a BGR uint8 frame (empty when none is readable)."""
     return default_reader().read(bgr)
+
+
+class PlatesDetector:
+    """The ``plates`` detector: plates read in the vision process; PlateReads (pseudonyms only) and alerts out.
+
+    No pseudonym key for the frame's tenant: the frame goes to the DLQ (``no_pseudonym_key``) instead of its
+    reads, as plate text must not leave the worker.
+    """
+
+    name = "plates"
+    version = "1"
+
+    def __init__(self, spec: DetectorBase | None = None) -> None:
+        """A detector for one ``worker.detectors`` entry (default: ``{type: plates}``)."""
+        self.spec = spec or PlatesDetectorSettings(type="plates")
+        self.outputs = {"plate_reads": PLATE_READS}
+
+    def load(self) -> None:
+        """Load this thread's reader and its models."""
+        read_plates(np.zeros((64, 64, 3), np.uint8))
+
+    def analyse(self, image: NDArray[np.uint8], meta: AnalysisMeta) -> list[PlateResult]:
+        """The plates read in the frame, most confident first."""
+        return read_plates(image)
+
+    async def emit(self, out: FrameOutputs, found: list[PlateResult]) -> None:
+        """A PlateRead per plate (watchlist hit or not) and an alert per hit; or the frame to the DLQ without a key."""
+        from citystream.processors.alerts import plate_alert
+        from citystream.schemas.events import PlateRead, derived_event_id
+
+        if not found:
+            return
+        meta, worker = out.meta, out.worker
+        key = worker.pseudonym_key(meta.tenant)
+        if key is None:
+            await out.dead_letter("no_pseudonym_key", f"no worker.pseudonym_keys entry for tenant {meta.tenant!r}")
+            return
+        base = out.base()
+        for i, plate in enumerate(found):
+            entry = out.index.match_plate(meta.tenant, plate.registration, plate.province, out.now)
+            read = PlateRead(event_id=derived_event_id(meta.event_id, "plate", i), source_event_id=meta.event_id,
+                             plate_pseudonym=pseudonym(plate.registration, plate.province, key),
+                             confidence=min(1.0, max(0.0, float(plate.confidence))), bbox=plate.bbox,
+                             watchlist_hit=entry is not None, **base)
+            await out.send("plate_reads", read)
+            worker.metrics.plates.labels("hit" if entry else "miss").inc()
+            if entry is not None:
+                await out.alert(entry.entry_id, plate_alert(read, entry))

@@ -1,11 +1,16 @@
-"""Faust worker settings: vision pool, sensor windows and alert rules, watchlists, notifiers."""
+"""Faust worker settings: vision pool, detectors, sensor windows and alert rules, watchlists, notifiers.
+
+Detectors are plug-ins chosen by their ``type`` key (a pydantic discriminated union, like the gateway's
+cameras and sensors); each settings class names the class that implements it
+(:mod:`citystream.processors.detectors` describes how to add one).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from citystream.schemas.ranges import RANGES
 from citystream.settings.base import Section
@@ -58,6 +63,37 @@ class NotifierSettings(Section):
     min_severity: Literal["info", "warning", "critical"] = "info"
 
 
+class DetectorBase(Section):
+    """What every detector entry has: its ``type`` and (not a setting) the class that implements it."""
+
+    implementation: ClassVar[str]  # "module:Class", imported by processors.detectors.build
+
+
+class PlatesDetectorSettings(DetectorBase):
+    """Thai licence plates (processors/plates.py): PlateRead events with keyed pseudonyms, plate watchlist alerts."""
+
+    type: Literal["plates"]
+    implementation: ClassVar[str] = "citystream.processors.plates:PlatesDetector"
+
+
+class FacesDetectorSettings(DetectorBase):
+    """Faces (processors/faces.py): FaceMatch events for watchlist hits only, face watchlist alerts.
+
+    Matching uses ``worker.face_threshold`` and ``worker.face_upsample`` (shared with ``citystream faces``).
+    """
+
+    type: Literal["faces"]
+    implementation: ClassVar[str] = "citystream.processors.faces:FacesDetector"
+
+
+DetectorSpec = Annotated[PlatesDetectorSettings | FacesDetectorSettings, Field(discriminator="type")]
+
+
+def default_detectors() -> list[DetectorSpec]:
+    """Plates, then faces: every frame is analysed by both and their events are sent in this order."""
+    return [PlatesDetectorSettings(type="plates"), FacesDetectorSettings(type="faces")]
+
+
 DEFAULT_RULES = [
     AlertRule(metric="pm25_ug_m3", alert_type="pm25_high", raise_at=37.6, clear_at=25.0, severity="warning"),
     AlertRule(metric="pm25_ug_m3", alert_type="pm25_very_high", raise_at=75.1, clear_at=50.0, severity="critical"),
@@ -98,6 +134,18 @@ class WorkerSettings(Section):
     ranges: dict[str, MetricRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     alert_rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
     notifiers: list[NotifierSettings] = Field(default_factory=list)
+    detectors: list[DetectorSpec] = Field(default_factory=default_detectors,
+                                          description="what the vision processes look for in every frame, in order "
+                                                      "(chosen by type; each type at most once)")
+
+    @field_validator("detectors")
+    @classmethod
+    def _one_of_each_type(cls, value: list[DetectorSpec]) -> list[DetectorSpec]:
+        types = [d.type for d in value]
+        repeated = sorted({t for t in types if types.count(t) > 1})
+        if repeated:
+            raise ValueError(f"each detector type may appear once; repeated: {', '.join(repeated)}")
+        return value
 
     def pseudonym_key(self, tenant: str) -> bytes | None:
         """The tenant's HMAC key for plate pseudonyms (or the ``*`` entry), None when neither is configured."""
