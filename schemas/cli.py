@@ -31,7 +31,8 @@ def migrate(ctx: click.Context, dsn: str | None, as_json: bool, cluster: str | N
     try:
         client = connect(settings, database=False)
         applied = apply_migrations(client, settings.clickhouse.database,
-                                   retention_days=settings.sink.retention_days)
+                                   retention_days=settings.retention.tables,
+                                   image_days=settings.retention.dead_letter_image_days)
     except StoreBusy as exc:
         fail(f"{exc}; stop it, or let the sink apply migrations at start")
     except (StoreError, MigrationError) as exc:

@@ -8,8 +8,12 @@ whose content changed is reported as an error: add a new file instead of editing
 A migration that adds a column to a table must also ``CREATE OR REPLACE VIEW`` its ``v_*`` view:
 ClickHouse expands ``SELECT *`` when a view is created.
 
-After the files, the retention (TTL) of each table is set from ``sink.retention_days`` (0 = keep
-forever); it is altered only when it differs from what the table already has.
+After the files, the retention (TTL) of each table is set from ``retention.tables`` (0 = keep
+forever): raw tables on ``captured_at``, rollups on their bucket, ``audit_log`` on ``at``. A dead letter
+holding a camera frame (JPEG bytes, or from ``raw.frames`` or an MQTT ``camera/…/frame`` topic) loses
+its ``original_bytes`` after ``retention.dead_letter_image_days`` (a column TTL; the record stays with
+the table's TTL). Each is altered only when it differs from what the table already has, and without
+rewriting existing parts at once (``materialize_ttl_after_modify=0``: merges apply it).
 
 Cluster variant (``citystream migrate --cluster-sql NAME`` prints it): :func:`cluster_sql` rewrites
 the same files for a ClickHouse cluster (``ON CLUSTER``, ``Replicated*MergeTree`` with the usual
@@ -46,6 +50,12 @@ SINK_WINDOWS = "_sink_windows"
 
 TABLES: tuple[str, ...] = (SENSOR_READINGS, PLATE_READS, FACE_MATCHES, ALERTS, DEVICE_STATUS, FRAME_INDEX, DEAD_LETTERS)
 ROLLUP_VIEWS: tuple[str, ...] = ("v_sensor_1m", "v_sensor_1h", "v_vehicles_1h", "v_alerts_1d")
+AUDIT_LOG = "audit_log"
+TIME_COLUMNS: dict[str, str] = {**{table: "captured_at" for table in TABLES}, "sensor_1m": "minute",
+                                "sensor_1h": "hour", "vehicles_1h": "hour", "alerts_1d": "day", AUDIT_LOG: "at"}
+"""Every table with a retention, and the column its TTL counts from."""
+_FRAME_IMAGE = ("startsWith(original_bytes, unhex('FFD8FF')) OR endsWith(original_topic, 'raw.frames') OR "
+                "match(original_topic, '/camera/[^/]+/frame$')")
 
 
 def view_of(table: str) -> str:
@@ -105,7 +115,7 @@ def _applied(client: Any, database: str) -> dict[int, str]:
 
 
 def migrate(client: Any, database: str, directory: Path = MIGRATIONS_DIR,
-            retention_days: Mapping[str, int] | None = None) -> list[str]:
+            retention_days: Mapping[str, int] | None = None, image_days: int | None = None) -> list[str]:
     """Apply pending migrations (and retention); returns the names applied now (empty = nothing to do)."""
     applied = _applied(client, database)
     done: list[str] = []
@@ -122,23 +132,25 @@ def migrate(client: Any, database: str, directory: Path = MIGRATIONS_DIR,
         done.append(mig.name)
     if retention_days:
         done.extend(apply_retention(client, database, retention_days))
+    if image_days is not None:
+        done.extend(apply_image_retention(client, database, image_days))
     return done
 
 
-def _ttl_clause(days: int) -> str:
-    return f"toDateTime(captured_at) + toIntervalDay({days})"
+def _ttl_clause(table: str, days: int) -> str:
+    return f"toDateTime({TIME_COLUMNS[table]}) + toIntervalDay({days})"
 
 
 def apply_retention(client: Any, database: str, retention_days: Mapping[str, int]) -> list[str]:
     """Set each table's TTL to its configured days (0 removes it); returns ``ttl:<table>`` for tables changed."""
     changed: list[str] = []
     for table, days in sorted(retention_days.items()):
-        if table not in TABLES:
-            raise MigrationError(f"retention for unknown table {table!r}; tables: {', '.join(TABLES)}")
+        if table not in TIME_COLUMNS:
+            raise MigrationError(f"retention for unknown table {table!r}; tables: {', '.join(TIME_COLUMNS)}")
         current = client.command(
             f"SELECT engine_full FROM system.tables WHERE database = '{database}' AND name = '{table}'")
         has_ttl = " TTL " in str(current)
-        wanted = _ttl_clause(days) if days > 0 else None
+        wanted = _ttl_clause(table, days) if days > 0 else None
         if wanted is not None and wanted in str(current):
             continue
         if wanted is None and not has_ttl:
@@ -151,6 +163,27 @@ def apply_retention(client: Any, database: str, retention_days: Mapping[str, int
         log.info("retention set", extra={"database": database, "table": table, "days": days})
         changed.append(f"ttl:{table}")
     return changed
+
+
+def image_ttl(days: int) -> str:
+    """The column TTL of ``dead_letters.original_bytes``: camera frames after ``days``, other input never."""
+    return (f"if({_FRAME_IMAGE}, toDateTime(captured_at) + toIntervalDay({days}), "
+            "toDateTime(4294967295, 'UTC'))")
+
+
+def apply_image_retention(client: Any, database: str, days: int) -> list[str]:
+    """Set the TTL of the camera images dead letters hold; returns ``ttl:dead_letters.original_bytes`` if changed."""
+    if days < 1:
+        raise MigrationError("dead letter images: days must be >= 1")
+    wanted = image_ttl(days)
+    current = str(client.command(
+        f"SELECT create_table_query FROM system.tables WHERE database = '{database}' AND name = '{DEAD_LETTERS}'"))
+    if wanted.replace("'", "\\'") in current or wanted in current:
+        return []
+    client.command(f"ALTER TABLE `{database}`.{DEAD_LETTERS} MODIFY COLUMN original_bytes String CODEC(ZSTD(3)) "
+                   f"TTL {wanted}", settings={"materialize_ttl_after_modify": 0})
+    log.info("dead letter image retention set", extra={"database": database, "days": days})
+    return [f"ttl:{DEAD_LETTERS}.original_bytes"]
 
 
 _ENGINE = re.compile(r"ENGINE\s*=\s*(Replacing|Aggregating)?MergeTree(\(([^)]*)\))?")

@@ -101,7 +101,8 @@ class Sink:
         """Consume until stopped; returns the exit code (0 after a clean flush and commit)."""
         ch = self.settings.clickhouse
         admin = clickhouse.connect(ch, database=False)
-        migrate(admin, ch.database, retention_days=self.settings.sink.retention_days)
+        migrate(admin, ch.database, retention_days=self.settings.retention.tables,
+                image_days=self.settings.retention.dead_letter_image_days)
         self.writer = Writer(clickhouse.connect(ch), ch.database, self.metrics, self.settings.sink.retry_max_s,
                              self.stop, self.clock)
         server = None

@@ -21,14 +21,17 @@ are dropped and counted. While the worker does not move, frames wait in Kafka (b
 asking for offsets (a restarting broker, a moving group coordinator) is transient: the decision waits
 and is asked again with backoff; nothing is committed meanwhile.
 
-Retention: day folders older than ``sink.retention_days['frame_index']`` are deleted (0 = forever),
-the same period as the index rows' TTL.
+Retention: day folders older than ``retention.tables['frame_index']`` are deleted (0 = forever),
+the same period as the index rows' TTL. The files are personal data: each is written 0600 and every
+folder of the store 0700 (folders made earlier with wider modes are narrowed when written into), so
+only the sink's user reads them; ``citystream privacy erase`` deletes the frames of an erased plate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 FRAMES_PENDING_BYTES = 64 * 1024 * 1024
 CHECK_EVERY_S = 0.5
 MAX_CHECK_BACKOFF_S = 10.0
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 DETECTION_TOPICS = (topics.PLATE_READS, topics.FACE_MATCHES)
 
 
@@ -225,17 +230,30 @@ class FrameArchiver:
         return {str(i): int(n) for i, n in rows}
 
     def _store(self, meta: FrameMeta, jpeg: bytes) -> tuple[str, str]:
-        rel = Path(meta.tenant, meta.captured_at.date().isoformat(), meta.device_id, f"{meta.event_id}.jpg")
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(jpeg)
-        tmp.replace(path)
-        return rel.as_posix(), hashlib.sha256(jpeg).hexdigest()
+        return store_frame(self.root, meta, jpeg)
 
     def prune(self) -> int:
         """Delete day folders older than the frame retention; returns how many were deleted."""
-        return prune_frames(self.root, self.settings.sink.retention_days.get(schema.FRAME_INDEX, 0))
+        return prune_frames(self.root, self.settings.retention.days(schema.FRAME_INDEX))
+
+
+def store_frame(root: Path, meta: FrameMeta, jpeg: bytes) -> tuple[str, str]:
+    """Write one frame (file 0600, folders 0700, via a temporary name); returns its reference and SHA-256."""
+    rel = Path(meta.tenant, meta.captured_at.date().isoformat(), meta.device_id, f"{meta.event_id}.jpg")
+    folder = root
+    for part in ("", *rel.parent.parts):  # the store's root, then each folder under it
+        folder = folder / part
+        folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if folder.stat().st_mode & 0o777 != PRIVATE_DIR:  # made before, or by mkdir under a umask
+            folder.chmod(PRIVATE_DIR)
+    path = root / rel
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), PRIVATE_FILE)  # a leftover .tmp keeps its old mode otherwise
+        out.write(jpeg)
+    tmp.replace(path)
+    return rel.as_posix(), hashlib.sha256(jpeg).hexdigest()
 
 
 def prune_frames(root: Path, days: int, today: date | None = None) -> int:

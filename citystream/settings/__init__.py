@@ -22,6 +22,7 @@ from citystream.settings.bridge import BridgeSettings
 from citystream.settings.connections import ClickHouseSettings, KafkaSettings, MqttSettings
 from citystream.settings.gateway import GatewaySettings, SensorSpec
 from citystream.settings.observability import LogSettings, MetricsSettings
+from citystream.settings.retention import RetentionSettings
 from citystream.settings.sink import SinkSettings
 from citystream.settings.stack import DEFAULT_HOME, StackSettings
 from citystream.settings.worker import WorkerSettings
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     stack: StackSettings = Field(default_factory=StackSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from citystream.settings.base import Section
 
-# Retention by purpose (PDPA: keep personal data only as long as the purpose needs). Days, 0 = forever.
-DEFAULT_RETENTION_DAYS: dict[str, int] = {
-    "sensor_readings": 730,
-    "plate_reads": 90,
-    "face_matches": 30,
-    "alerts": 730,
-    "device_status": 180,
-    "frame_index": 30,
-    "dead_letters": 30,
-}
-
 
 class SinkSettings(Section):
-    """Kafka -> ClickHouse sink: consumer group, batch limits, read-only query path, retention."""
+    """Kafka -> ClickHouse sink: consumer group, batch limits, read-only query path, frames archive."""
 
     group_id: str = "citystream-sink"
     batch_rows: int = Field(50_000, ge=1)
@@ -37,8 +26,6 @@ class SinkSettings(Section):
     query_host: str = "127.0.0.1"
     query_port: int = Field(8124, ge=0, le=65535, description="0 = any free port (advertised to readers)")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
-    retention_days: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RETENTION_DAYS),
-                                           description="table -> days kept (TTL on captured_at), 0 = forever")
     archive_frames: bool = Field(True, description="keep frames that carry detections in frames_dir + frame_index")
     frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")
     crash_after_inserts: int = Field(0, ge=0, description="TEST ONLY: SIGKILL self after N inserted windows, "
@@ -47,14 +34,3 @@ class SinkSettings(Section):
     def static_membership(self, suffix: str = "") -> dict[str, str]:
         """Consumer settings for static group membership (empty when ``instance_id`` is not set)."""
         return {"group.instance.id": f"{self.instance_id}{suffix}"} if self.instance_id else {}
-
-    @field_validator("retention_days")
-    @classmethod
-    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - set(DEFAULT_RETENTION_DAYS))
-        if unknown:
-            raise ValueError(f"unknown table(s) {', '.join(unknown)}; tables: {', '.join(DEFAULT_RETENTION_DAYS)}")
-        negative = sorted(t for t, days in value.items() if days < 0)
-        if negative:
-            raise ValueError(f"days must be >= 0 (0 = forever): {', '.join(negative)}")
-        return value

@@ -246,6 +246,6 @@ def test_migrate_cli_applies_then_reports_up_to_date(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_retention_for_an_unknown_table_is_a_config_error(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("sink:\n  retention_days: {plates: 3}\n")
+    cfg.write_text("retention:\n  tables: {plates: 3}\n")
     res = citystream("migrate", config=cfg, check=False)
-    assert res.returncode == 2 and "sink.retention_days" in res.stderr and "plates" in res.stderr
+    assert res.returncode == 2 and "retention.tables" in res.stderr and "plates" in res.stderr
