@@ -24,6 +24,7 @@ from citystream.bench import messages
 from citystream.bench.common import Entry, Procs, entry, isolated, tag, wait_until
 from citystream.bench.kafka_io import Arrivals
 from citystream.bench.mqtt_io import Counter, PubJob, PublisherProcess
+from citystream.ingest import provision
 from citystream.schemas.topics import RAW_FRAMES, RAW_READINGS
 from citystream.settings import Settings
 from citystream.stack.kafka import ensure_topics
@@ -32,9 +33,16 @@ WINDOW = 100
 STREAM_TOPIC = {"reading": RAW_READINGS, "frame": RAW_FRAMES}
 
 
+def _login(s: Settings, gateway: str) -> dict[str, str]:
+    """A provisioned identity of the bench tenant's ``gateway`` on the local stack (rotated if it exists)."""
+    cred: dict[str, str] = provision.provision(s, messages.TENANT, gateway, rotate=True)
+    return cred
+
+
 def _job(s: Settings, stream: str, count: int, gateway: str, rate: float = 0.0, seq_start: int = 0) -> PubJob:
-    return PubJob(host=s.mqtt.host, port=s.mqtt.port, username=s.gateway.username,
-                  password=s.gateway.password.get_secret_value(), root=s.mqtt.topic_root, gateway=gateway,
+    cred = _login(s, gateway)
+    return PubJob(host=s.mqtt.host, port=s.mqtt.port, username=cred["username"],
+                  password=cred["password"], root=s.mqtt.topic_root, gateway=gateway,
                   device=f"{gateway}-dev", stream=stream, count=count, rate=rate, window=WINDOW, seq_start=seq_start)
 
 
@@ -64,13 +72,14 @@ class Probe:
     """Publishes single readings from the ``probe`` gateway until the pipeline shows one."""
 
     def __init__(self, s: Settings, stream: str = "reading") -> None:
-        """Connect as the gateway user; probes are messages of ``stream`` (reading or frame)."""
+        """Connect as the provisioned ``probe`` gateway; probes are messages of ``stream`` (reading or frame)."""
         self.s = s
         self.stream = stream
         self.jpeg = messages.padded_jpeg(4096, 64, 36)[0] if stream == "frame" else b""
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-probe-{s.mqtt.topic_root}",
                                   protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(s.gateway.username, s.gateway.password.get_secret_value())
+        cred = _login(s, "probe")
+        self.client.username_pw_set(cred["username"], cred["password"])
         self.client.connect(s.mqtt.host, s.mqtt.port, 30)
         self.client.loop_start()
         self.seq = 0

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.clickhouse import StoreError, chdb_path, query_rows, read_owner
+from citystream.ingest import mqtt_tls, provision
 from citystream.schemas import migrate as schema
 from citystream.schemas.events import DeviceState, DeviceStatus, make_event_id
 from citystream.schemas.topics import mqtt_topic
@@ -109,13 +110,15 @@ def metric_value(url: str, name: str) -> float:
 def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> None:
     """Publish status probes over MQTT until the bridge acks one, which it does only once Kafka has it."""
     bridge = next(st for st in pipeline.stages if st.name == "bridge")
-    gateway = f"probe-{uuid.uuid4().hex[:8]}"
+    gateway = f"probe-{uuid.uuid4().hex[:8]}"  # a gateway identity of its own, revoked after the probe
+    cred = provision.provision(settings, settings.gateway.tenant, gateway)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=gateway, protocol=mqtt.MQTTv5)
-    client.username_pw_set(settings.gateway.username, settings.gateway.password.get_secret_value())
-    client.connect(settings.mqtt.host, settings.mqtt.port)
-    client.loop_start()
+    client.username_pw_set(cred["username"], cred["password"])
+    mqtt_tls.configure(client, settings.mqtt)
     topic = mqtt_topic(settings.mqtt.topic_root, settings.gateway.tenant, gateway, "gateway", gateway, "status")
     try:
+        client.connect(settings.mqtt.host, settings.mqtt.port)
+        client.loop_start()
         deadline, seq = time.monotonic() + timeout_s, 0
         while time.monotonic() < deadline:
             pipeline.check_alive()
@@ -131,6 +134,7 @@ def probe_bridge(settings: Settings, pipeline: Pipeline, timeout_s: float) -> No
     finally:
         client.loop_stop()
         client.disconnect()
+        provision.revoke(settings, settings.gateway.tenant, gateway)
 
 
 def sink_ready(settings: Settings) -> bool:

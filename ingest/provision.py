@@ -57,38 +57,64 @@ def login_accepted(host: str, port: int, username: str, password: str, timeout_s
 
 def provision(settings: Settings, tenant: str, gateway: str, rotate: bool = False) -> dict[str, str]:
     """Create (or with ``rotate`` replace) a gateway's login; returns username, password, topic_prefix."""
-    username = identities.username_of(tenant, gateway)
-    password = secrets.token_urlsafe(24)
+    return provision_many(settings, tenant, [gateway], rotate=rotate)[gateway]
+
+
+def provision_many(settings: Settings, tenant: str, gateways: list[str], rotate: bool = False
+                   ) -> dict[str, dict[str, str]]:
+    """Provision several gateways of one tenant with one broker reload; gateway id -> credential."""
+    names = {gw: identities.username_of(tenant, gw) for gw in gateways}
+    passwords = {gw: secrets.token_urlsafe(24) for gw in gateways}
     home = settings.stack.home
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     with identities.locked(home):
         current = identities.load(home)
-        if any(g.username == username for g in current) and not rotate:
-            raise IdentityError(f"gateway {tenant}/{gateway} is already provisioned (revoke it, or --rotate)")
-        identity = GatewayIdentity(tenant=tenant, gateway=gateway, root=settings.mqtt.topic_root,
-                                   password_hash=identities.password_hash(username, password),
-                                   provisioned_at=datetime.now(UTC).isoformat(timespec="seconds"))
-        identities.save(home, [*(g for g in current if g.username != username), identity])
+        taken = sorted(g.gateway for g in current if g.username in names.values())
+        if taken and not rotate:
+            raise IdentityError(f"gateway {tenant}/{taken[0]} is already provisioned (revoke it, or --rotate)")
+        made = [GatewayIdentity(tenant=tenant, gateway=gw, root=settings.mqtt.topic_root, provisioned_at=now,
+                                password_hash=identities.password_hash(names[gw], passwords[gw])) for gw in gateways]
+        identities.save(home, [*(g for g in current if g.username not in names.values()), *made])
         pid = mosquitto.apply_identities(settings)
     if pid is not None:
-        _wait_accepted(settings, username, password)
-    log.info("gateway provisioned", extra={"username": username, "topic_prefix": identity.topic_prefix,
-                                           "broker_pid": pid})
-    return {"username": username, "password": password, "topic_prefix": identity.topic_prefix}
+        for gw in gateways:
+            _wait_accepted(settings, names[gw], passwords[gw])
+    for identity in made:
+        log.info("gateway provisioned", extra={"username": identity.username, "topic_prefix": identity.topic_prefix,
+                                               "broker_pid": pid})
+    return {i.gateway: {"username": i.username, "password": passwords[i.gateway], "topic_prefix": i.topic_prefix}
+            for i in made}
 
 
 def revoke(settings: Settings, tenant: str, gateway: str) -> GatewayIdentity:
     """Remove a gateway's login and ACL from the registry and the running broker; returns what was removed."""
-    username = identities.username_of(tenant, gateway)
+    removed = revoke_many(settings, tenant, [gateway])
+    if not removed:
+        raise IdentityError(f"gateway {tenant}/{gateway} is not provisioned")
+    return removed[0]
+
+
+def revoke_many(settings: Settings, tenant: str, gateways: list[str]) -> list[GatewayIdentity]:
+    """Remove those of the gateways that are provisioned, with one broker reload; returns what was removed."""
+    names = {identities.username_of(tenant, gw) for gw in gateways}
     home = settings.stack.home
     with identities.locked(home):
         current = identities.load(home)
-        removed = next((g for g in current if g.username == username), None)
-        if removed is None:
-            raise IdentityError(f"gateway {tenant}/{gateway} is not provisioned")
-        identities.save(home, [g for g in current if g.username != username])
+        removed = [g for g in current if g.username in names]
+        if not removed:
+            return []
+        identities.save(home, [g for g in current if g.username not in names])
         pid = mosquitto.apply_identities(settings)
-    log.info("gateway revoked", extra={"username": username, "broker_pid": pid})
+    for gone in removed:
+        log.info("gateway revoked", extra={"username": gone.username, "broker_pid": pid})
     return removed
+
+
+def is_local_broker(settings: Settings) -> bool:
+    """Whether ``settings.mqtt`` points at this stack home's own running Mosquitto (provisioning applies there)."""
+    return (settings.mqtt.host in ("127.0.0.1", "localhost") and settings.mqtt.port == settings.stack.mqtt_port
+            and (settings.stack.home.resolve() / "mosquitto" / "passwd").exists()
+            and mosquitto.server(settings).pid() is not None)
 
 
 def listing(settings: Settings) -> list[dict[str, str]]:

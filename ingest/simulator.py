@@ -6,6 +6,13 @@ at-least-once to the broker, counted per stream. Cameras render road scenes with
 plates (some with a face); sensors follow daily patterns with injected anomalies (a PM2.5 haze
 episode and a canal level rise in the middle of the run). ``simulate`` returns :class:`SimStats`
 so ``make demo``, tests and benchmarks can compare what was published with what was stored.
+
+Identities: a simulated gateway has exactly the rights of a real one. On the local stack (its own
+broker, ``stack up``) the simulator provisions one identity per simulated gateway before it starts
+(``citystream gateway provision --rotate``, one broker reload for the fleet) and revokes them when it
+stops; a kill -9 leaves them provisioned until the next run rotates them. Against another broker it
+logs in with ``gateway.username`` / ``gateway.password`` (one provisioned identity: ``--gateways 1``,
+gateway id ``{prefix}-gw-000``), see SECURITY.md.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
-from citystream.ingest.gateway import Gateway
+from citystream.ingest import provision
+from citystream.ingest.gateway import AuthRefused, Gateway
 from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import Metric
 from citystream.settings import Settings
@@ -98,10 +107,30 @@ def simulate(settings: Settings, gateways: int = 1, cameras: int = 1, sensors: i
     """Run the simulated gateways for ``duration`` seconds (or until ``stop``), drain, and count."""
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
-    fleet = [Gateway(settings.mqtt, gateway_settings(settings.gateway, i, cameras, sensors, rate, duration,
-                                                     prefix=prefix, camera_fps=camera_fps, frame_size=frame_size,
-                                                     state_dir=state_dir), metrics)
+    specs = [gateway_settings(settings.gateway, i, cameras, sensors, rate, duration, prefix=prefix,
+                              camera_fps=camera_fps, frame_size=frame_size, state_dir=state_dir)
              for i in range(gateways)]
+    ids = [spec.gateway_id for spec in specs]
+    local = provision.is_local_broker(settings)
+    if not local and gateways > 1:
+        raise AuthRefused(f"{settings.mqtt.host}:{settings.mqtt.port} is not this stack's own broker: the simulator "
+                          f"cannot provision identities there, and the one login in gateway.username is pinned to "
+                          f"one gateway: use --gateways 1 (gateway id {ids[0]}), one simulator per identity")
+    if local:
+        creds = provision.provision_many(settings, settings.gateway.tenant, ids, rotate=True)
+        specs = [spec.model_copy(update={"username": creds[spec.gateway_id]["username"],
+                                         "password": SecretStr(creds[spec.gateway_id]["password"])}) for spec in specs]
+    try:
+        return _run(settings, [Gateway(settings.mqtt, spec, metrics) for spec in specs], registry,
+                    duration, sensors, cameras, rate, stop)
+    finally:
+        if local:
+            provision.revoke_many(settings, settings.gateway.tenant, ids)
+
+
+def _run(settings: Settings, fleet: list[Gateway], registry: CollectorRegistry, duration: float, sensors: int,
+         cameras: int, rate: float, stop: threading.Event | None) -> SimStats:
+    gateways = len(fleet)
     started = time.monotonic()
     for index, gw in enumerate(fleet):
         try:

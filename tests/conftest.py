@@ -40,7 +40,8 @@ def stack_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = home / "base.yaml"
     base.write_text(yaml.safe_dump({"stack": {
         "home": str(home), "mqtt_port": free_port(), "kafka_port": free_port(),
-        "kafka_controller_port": free_port(), "kafka_jars": str(REPO / ".cache" / "kafka"), "kafka_heap": "512m"}}))
+        "kafka_controller_port": free_port(), "kafka_jars": str(REPO / ".cache" / "kafka"), "kafka_heap": "512m",
+        "test_publisher": True}}))  # tests of malformed traffic publish what no gateway identity may
     res = citystream("stack", "up", config=base, check=False, timeout=180)
     if res.returncode != 0:
         citystream("stack", "down", config=base, check=False)  # whatever did start

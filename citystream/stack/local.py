@@ -19,8 +19,9 @@ import yaml
 
 from citystream.settings import Settings, dump_settings
 from citystream.stack import kafka, mosquitto
+from citystream.stack.mosquitto import TEST_PUBLISHER
 
-USERS = ("bridge", "gateway")
+USERS = ("bridge", TEST_PUBLISHER)  # the test publisher's login exists only with stack.test_publisher
 SECRETS = (*USERS, "pseudonym")  # MQTT passwords, and the local HMAC key for plate pseudonyms
 
 
@@ -49,7 +50,10 @@ def local_settings(settings: Settings) -> Settings:
     data["stack"]["home"] = str(home)
     data["stack"]["kafka_jars"] = str(settings.stack.kafka_jars.resolve())
     data["mqtt"].update(host="127.0.0.1", port=settings.stack.mqtt_port, username="bridge", password=creds["bridge"])
-    data["gateway"].update(username="gateway", password=creds["gateway"])
+    if settings.stack.test_publisher:  # tests of malformed traffic; gateways use provisioned identities
+        data["gateway"].update(username=TEST_PUBLISHER, password=creds[TEST_PUBLISHER])
+    elif data["gateway"]["username"] in (TEST_PUBLISHER, "gateway"):  # no such login here (any more)
+        data["gateway"].update(username="", password="")
     if not data["gateway"]["state_dir"].startswith("/"):
         data["gateway"]["state_dir"] = str(home / "gateway")
     data["kafka"]["bootstrap"] = f"127.0.0.1:{settings.stack.kafka_port}"

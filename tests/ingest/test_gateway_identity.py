@@ -38,7 +38,7 @@ from tests.ingest import malformed as mf
 from tests.ingest.test_gateway_publish import Subscriber, assert_complete_and_ordered
 
 ROOT = "idt"
-USERS = {"gateway": "dev-gw-secret", "bridge": "bridge-secret"}
+USERS = {"gateway": "retired-shared-secret", "bridge": "bridge-secret"}  # "gateway": no such login any more
 NOT_AUTHORIZED = 135
 
 
@@ -66,7 +66,7 @@ class Broker:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A private Mosquitto with the shared logins of ``USERS``; the CLI reaches it through a settings file."""
+    """A private Mosquitto with the bridge login (``USERS``); the CLI reaches it through a settings file."""
     home = tmp_path_factory.mktemp("idbroker")
     port = free_port()
     doc = {"stack": {"home": str(home / "mq"), "mqtt_port": port},
@@ -243,10 +243,41 @@ def test_a_revoked_gateway_is_disconnected_and_refused(broker: Broker) -> None:
         again = citystream("gateway", "revoke", "--tenant", "pathum-pao", "--gateway", "gw-gone",
                            config=broker.config, check=False)
         assert again.returncode == 1 and "not provisioned" in again.stderr
-        # the shared development login still works
-        assert login_accepted("127.0.0.1", broker.port, "gateway", USERS["gateway"]) is True
+        assert login_accepted("127.0.0.1", broker.port, "bridge", USERS["bridge"]) is True
     finally:
         connected.close()
+
+
+@pytest.mark.integration
+def test_there_is_no_shared_gateway_login(broker: Broker) -> None:
+    """``stack up`` writes only the bridge's login (the old shared ``gateway`` one is gone, even given a password)."""
+    base = broker.settings.stack.home / "mosquitto"
+    users = {line.partition(":")[0] for line in (base / "passwd").read_text().splitlines() if line}
+    assert {u for u in users if "." not in u} == {"bridge"}, users
+    acl = (base / "acl").read_text()
+    assert "user gateway" not in acl and "user test-publisher" not in acl
+    assert [line for line in acl.splitlines() if line.strip() == "topic write #"] == []
+    assert login_accepted("127.0.0.1", broker.port, "gateway", USERS["gateway"]) is False
+
+
+@pytest.mark.integration
+def test_the_simulator_publishes_with_one_identity_per_simulated_gateway(broker: Broker, tmp_path: Path) -> None:
+    """Each simulated gateway logs in as itself (provisioned for the run, revoked after); only its own topics."""
+    from citystream.ingest.simulator import simulate
+
+    settings = broker.settings.model_copy(update={"gateway": GatewaySettings(
+        tenant="pathum-pao", state_dir=tmp_path / "sim", wait_for_bridge=False, confirm=False)})
+    watcher = Client(broker.port, "bridge", USERS["bridge"])
+    assert watcher.subscribe(f"{ROOT}/#") == 0
+    try:
+        stats = simulate(settings, gateways=3, cameras=0, sensors=2, rate=5.0, duration=2.0, prefix="simid")
+    finally:
+        time.sleep(0.3)
+        watcher.close()
+    assert stats.published.get("reading", 0) > 0 and stats.dropped == {}, stats
+    prefixes = {"/".join(t.split("/")[:3]) for t, _ in watcher.messages if "/_bridge/" not in t}
+    assert prefixes == {f"{ROOT}/pathum-pao/simid-gw-00{i}" for i in range(3)}
+    assert not [r for r in broker.listed() if r["username"].startswith("pathum-pao.simid-")], "revoked after the run"
 
 
 @pytest.mark.integration
