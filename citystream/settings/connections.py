@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,13 @@ class TopicOverride(Section):
 
 
 class KafkaSettings(Section):
-    """Where Kafka is; security options pass through to librdkafka as they are.
+    """Where Kafka is and how every client logs in.
+
+    One source for every client: ``client_config()`` (librdkafka: bridge, sink, CLI, admin) and
+    ``ssl_context()`` with ``security_protocol`` / ``sasl_*`` (the worker's Faust app, see
+    ``processors.kafka_auth``). TLS verifies the broker against ``ssl_ca_location`` (the system's
+    trust store when unset) including its host name; ``ssl_certificate_location`` /
+    ``ssl_key_location`` present a client certificate (mutual TLS).
 
     The topic keys (``replication_factor``, ``min_insync_replicas``, ``topics``) are what
     ``citystream topics apply`` creates and updates; compaction stays as the topic map defines it.
@@ -42,10 +49,13 @@ class KafkaSettings(Section):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
     replication_factor: int = Field(1, ge=1, le=16, description="of every topic created (3 on a production "
                                     "cluster; 1 only for a single-broker development stack)")
     min_insync_replicas: int | None = Field(None, ge=1, description="topic min.insync.replicas (with acks=all: "
@@ -61,6 +71,15 @@ class KafkaSettings(Section):
         if unknown:
             raise ValueError(f"unknown topic(s) {', '.join(unknown)}; topics: {', '.join(known)}")
         return value
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism and sasl_username "
+                             "(and sasl_password, e.g. from CITYSTREAM_KAFKA__SASL_PASSWORD)")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together (a client certificate)")
+        return self
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:
@@ -82,7 +101,23 @@ class KafkaSettings(Section):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         if self.ssl_ca_location:
             conf["ssl.ca.location"] = str(self.ssl_ca_location)
+        if self.ssl_certificate_location and self.ssl_key_location:
+            conf["ssl.certificate.location"] = str(self.ssl_certificate_location)
+            conf["ssl.key.location"] = str(self.ssl_key_location)
+        if self.ssl_key_password:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context for SSL / SASL_SSL (None for the plaintext protocols)."""
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                             cafile=str(self.ssl_ca_location) if self.ssl_ca_location else None)
+        if self.ssl_certificate_location and self.ssl_key_location:
+            password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+            context.load_cert_chain(str(self.ssl_certificate_location), str(self.ssl_key_location), password)
+        return context
 
     def topic(self, base: str) -> str:
         """A topic of the topic map with this cluster's prefix."""
