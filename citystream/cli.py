@@ -7,7 +7,10 @@ when invoked, so ``citystream --help`` stays fast and one stage's heavy imports 
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
+from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, NoReturn
 
 import click
@@ -33,7 +36,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("citystream.demo", "demo", "Run the whole pipeline end to end on the local stack."),
     "chaos": ("citystream.chaos", "chaos", "Run the pipeline under a seeded fault schedule; reconcile every seq."),
     "bench": ("citystream.bench.cli", "bench", "Benchmarks: every stage against its ceiling in the same run."),
+    "status": ("citystream.status", "status", "Health, throughput, lag, DLQ rate, latency, gateways of a deployment."),
 }
+
+
+SETTINGS_KEY, COMMAND_KEY = "citystream.settings", "citystream.command"  # ctx.meta, for failure messages
+# librdkafka error codes that mean "no broker answered" (transport, all brokers down, timed out, resolve)
+KAFKA_UNREACHABLE = {-195, -187, -185, -193}
+# where an OSError was raised -> which server it was talking to
+SERVER_OF_LIBRARY = (("/paho/", "mqtt"), ("/confluent_kafka/", "kafka"), ("/clickhouse_connect/", "clickhouse"),
+                     ("/urllib3/", "clickhouse"))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -60,7 +72,18 @@ def settings_of(ctx: click.Context, **overrides: Any) -> Settings:
     except ConfigError as exc:
         fail(str(exc), 2)
     setup_logging(settings.log)
+    ctx.meta[SETTINGS_KEY] = settings
+    ctx.meta[COMMAND_KEY] = " ".join(reversed([c.info_name or "" for c in _chain(ctx) if c.parent is not None]))
     return settings
+
+
+def _chain(ctx: click.Context) -> list[click.Context]:
+    node: click.Context | None = ctx
+    found = []
+    while node is not None:
+        found.append(node)
+        node = node.parent
+    return found
 
 
 def print_json(doc: Any) -> None:
@@ -76,8 +99,79 @@ def _unfinished(name: str, help_text: str) -> click.Command:
                          context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
+def _address(server: str, settings: Settings | None) -> str:
+    if settings is None:
+        return "(settings not loaded)"
+    return {"kafka": settings.kafka.bootstrap, "clickhouse": settings.clickhouse.dsn,
+            "mqtt": f"{settings.mqtt.host}:{settings.mqtt.port}"}[server]
+
+
+def _library_server(tb: TracebackType | None) -> str | None:
+    """The server an OSError came from, by the library that raised it (innermost match wins)."""
+    found = None
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        found = next((server for part, server in SERVER_OF_LIBRARY if part in path), found)
+        tb = tb.tb_next
+    return found
+
+
+def _kafka_failure(exc: BaseException) -> tuple[str, bool] | None:
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is None or not isinstance(exc, kafka.KafkaException):
+        return None
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, kafka.KafkaError):
+        return err.str(), err.code() in KAFKA_UNREACHABLE
+    return str(exc), False
+
+
+def _store_failure(exc: BaseException) -> tuple[str, bool] | None:
+    store = sys.modules.get("citystream.clickhouse")
+    if store is not None and isinstance(exc, store.StoreError):
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return text, text.startswith("cannot connect")
+    driver = sys.modules.get("clickhouse_connect.driver.exceptions")
+    if driver is not None and isinstance(exc, driver.OperationalError):
+        return str(exc).splitlines()[0], True
+    return None
+
+
+def server_failure(exc: BaseException, meta: MutableMapping[str, Any]) -> str | None:
+    """One line for a Kafka, ClickHouse or MQTT failure in ``exc`` (or what caused it); None for anything else."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        server, found = "kafka", _kafka_failure(cause)
+        if found is None:
+            server, found = "clickhouse", _store_failure(cause)
+        if found is None and isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror)):
+            library = _library_server(cause.__traceback__)
+            if library is not None:
+                server, found = library, (cause.strerror or str(cause) or type(cause).__name__, True)
+        if found is not None:
+            reason, unreachable = found
+            command = meta.get(COMMAND_KEY) or "command"
+            where = _address(server, meta.get(SETTINGS_KEY))
+            return (f"{command}: {server} unreachable at {where}: {reason}" if unreachable
+                    else f"{command}: {server} ({where}): {reason}")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand runs."""
+    """Imports a subcommand's module only when that subcommand runs; server failures end in one line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; a known Kafka/ClickHouse/MQTT failure prints one line on stderr and exits 1."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = server_failure(exc, ctx.meta)
+            if message is None:
+                raise
+            fail(message)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """All subcommand names."""
