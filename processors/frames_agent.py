@@ -176,6 +176,8 @@ class VisionPool:
         self.detectors = list(detectors) if detectors is not None else default_detectors()
         self._factory = factory or self._spawn_pool
         self.executor = self._factory(processes)
+        log.info("vision pool", extra={"processes": processes, "timeout_s": timeout_s,
+                                       "detectors": [f"{d.name}@{d.version}" for d in self.detectors]})
 
     def _spawn_pool(self, processes: int) -> Executor:
         return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up,
