@@ -25,7 +25,7 @@ lint:
 typecheck:
 	@rm -rf .build/typecheck && mkdir -p .build/typecheck/citystream
 	@cp -rs $(CURDIR)/citystream/. .build/typecheck/citystream/
-	@for d in ingest processors sinks schemas bench; do ln -s $(CURDIR)/$$d .build/typecheck/citystream/$$d; done
+	@for d in ingest processors sinks schemas bench console; do ln -s $(CURDIR)/$$d .build/typecheck/citystream/$$d; done
 	cd .build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p citystream
 
 pytest:

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from citystream.settings.base import Section, TlsSettings
 from citystream.settings.bridge import BridgeSettings
 from citystream.settings.connections import ClickHouseSettings, KafkaSettings, MqttSettings
+from citystream.settings.console import ConsoleSettings
 from citystream.settings.gateway import GatewaySettings, SensorSpec
 from citystream.settings.observability import LogSettings, MetricsSettings
 from citystream.settings.retention import RetentionSettings
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,55 @@
+"""``citystream console``: serve the control-room web console.
+
+Exit codes: 0 after SIGTERM/SIGINT (uvicorn stops accepting, finishes open requests), 1 when it cannot
+serve (port taken), 2 for bad settings or no users configured.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+
+import click
+
+from citystream.cli import config_option, fail, settings_of
+from citystream.console.auth import hash_password
+
+log = logging.getLogger(__name__)
+
+
+@click.command("console")
+@click.option("--host", default=None, help="Listen address (default: console.host).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: console.port).")
+@click.option("--hash-password", "hash_only", is_flag=True,
+              help="Read a password (prompt, or stdin when not a terminal), print its hash for console.users, exit.")
+@config_option
+@click.pass_context
+def console(ctx: click.Context, host: str | None, port: int | None, hash_only: bool, config: str | None) -> None:
+    """Serve the control-room console: camera wall, live feed, sensors, watchlists."""
+    if hash_only:
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            fail("empty password", 2)
+        click.echo(hash_password(password))
+        return
+    settings = settings_of(ctx, **{"console.host": host, "console.port": port})
+    if not settings.console.users:
+        fail("no console users configured (console.users); hash a password with "
+             "'citystream console --hash-password'", 2)
+    import uvicorn
+
+    from citystream.console.app import create_app
+
+    cfg = settings.console
+    app = create_app(settings)
+    scheme = "https" if cfg.tls else "http"
+    log.info("console listening", extra={"url": f"{scheme}://{cfg.host}:{cfg.port}"})
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False, lifespan="on",
+        ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
+        ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None, timeout_graceful_shutdown=5))
+    click.echo(f"console: {scheme}://{cfg.host}:{cfg.port}/", err=True)
+    server.run()
+    if not server.started:
+        fail(f"could not serve on {cfg.host}:{cfg.port}")
