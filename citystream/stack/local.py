@@ -22,7 +22,8 @@ from citystream.stack import kafka, mosquitto
 from citystream.stack.mosquitto import TEST_PUBLISHER
 
 USERS = ("bridge", TEST_PUBLISHER)  # the test publisher's login exists only with stack.test_publisher
-SECRETS = (*USERS, "pseudonym")  # MQTT passwords, and the local HMAC key for plate pseudonyms
+KAFKA_USERS = ("kafka-broker", "kafka-citystream")  # SCRAM users (stack.kafka_scram)
+SECRETS = (*USERS, *KAFKA_USERS, "pseudonym")  # passwords, and the local HMAC key for plate pseudonyms
 
 
 def credentials(home: Path) -> dict[str, str]:
@@ -34,7 +35,7 @@ def credentials(home: Path) -> dict[str, str]:
             return creds
     else:
         creds = {}
-    creds = {u: creds.get(u) or secrets.token_urlsafe(18 if u in USERS else 32) for u in SECRETS}
+    creds = {u: creds.get(u) or secrets.token_urlsafe(32 if u == "pseudonym" else 18) for u in SECRETS}
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -57,6 +58,9 @@ def local_settings(settings: Settings) -> Settings:
     if not data["gateway"]["state_dir"].startswith("/"):
         data["gateway"]["state_dir"] = str(home / "gateway")
     data["kafka"]["bootstrap"] = f"127.0.0.1:{settings.stack.kafka_port}"
+    if settings.stack.kafka_scram:
+        data["kafka"].update(security_protocol="SASL_PLAINTEXT", sasl_mechanism=kafka.SCRAM,
+                             sasl_username="citystream", sasl_password=creds["kafka-citystream"])
     if not data["worker"]["pseudonym_keys"]:  # a local key for every tenant, unless keys were configured
         data["worker"]["pseudonym_keys"] = {"*": creds["pseudonym"]}
     if settings.clickhouse.dsn.startswith("chdb://"):
@@ -74,7 +78,7 @@ def up(settings: Settings) -> dict[str, Any]:
     local = local_settings(settings)
     creds = credentials(local.stack.home)
     mosquitto.up(local, creds)
-    kafka.up(local)
+    kafka.up(local, creds)
     path = config_file(local)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
