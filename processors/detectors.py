@@ -28,10 +28,13 @@ Adding a detector (say ``vehicles``):
    ``DetectorSpec`` union in ``citystream/settings/worker.py``; operators list ``{type: vehicles}`` in
    ``worker.detectors``;
 3. **its event contract and migration**: the event model and JSON Schema in ``schemas/``, its topic in
-   ``schemas/topics.py`` (created by ``citystream topics apply``), a ClickHouse migration for its table
-   and the sink's mapping from topic to table.
+   ``schemas/topics.py`` (created by ``citystream topics apply``) and a ClickHouse migration for its
+   table. The sink does not derive its routes from the contracts yet: today it also needs the topic in
+   ``sinks/clickhouse.py`` (``SOURCE_TOPICS``), a ``Route`` and Arrow columns in ``sinks/rows.py``, and,
+   for its frames to be archived, ``sinks/frames.py`` (``DETECTION_TOPICS``).
 
-Nothing else changes: the vision pool, the frames agent and the worker's topics follow the settings.
+Nothing else changes in the worker: the vision pool, the frames agent and its output topics follow the
+settings.
 """
 
 from __future__ import annotations
