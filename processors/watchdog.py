@@ -18,6 +18,12 @@ graceful stop itself hangs, the process exits hard after ``HARD_EXIT_AFTER_S``.
 The check is off while partitions are being assigned or tables recovered, and with
 ``stall_timeout_s: 0``. Before stopping, the worker logs :func:`stall_diagnostics` (the agents'
 tracebacks and the consumer's flow state) for whoever looks for the cause.
+
+Each check also exports what it read as ``citystream_worker_consumer_lag_messages{topic, partition}``
+(:class:`InputLag`: high-water mark minus this worker's committed offset, per assigned input
+partition; a revoked partition's series is removed). It is as fresh as the last check: every
+``CHECK_EVERY_S`` while the worker is ready, not updated during a rebalance or recovery, nor with
+``stall_timeout_s: 0`` (the check does not run then).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from citystream.processors.frames_agent import EMITTER_TASK
 
@@ -37,17 +46,56 @@ HARD_EXIT_AFTER_S = 60.0
 Positions = Mapping[Any, tuple[int, int]]  # partition -> (committed offset, high-water mark)
 
 
-class StallWatch:
-    """Finds input partitions with records waiting whose committed offset has not moved for ``timeout_s``."""
+class InputLag:
+    """``citystream_worker_consumer_lag_messages{topic, partition}``: input records not yet committed."""
 
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    name = "citystream_worker_consumer_lag_messages"
+    _on: weakref.WeakKeyDictionary[CollectorRegistry, InputLag] = weakref.WeakKeyDictionary()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register the gauge on ``registry``."""
+        self.gauge = Gauge(self.name, "High-water mark minus the worker's committed offset, per input partition",
+                           ["topic", "partition"], registry=registry)
+        self._series: set[tuple[str, str]] = set()
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> InputLag:
+        """The one InputLag of ``registry`` (created on first use)."""
+        found = cls._on.get(registry)
+        if found is None:
+            found = cls._on[registry] = cls(registry)
+        return found
+
+    def update(self, positions: Positions) -> None:
+        """Set the lag of every partition in ``positions``; drop the series of partitions no longer there."""
+        seen = set()
+        for tp, (committed, high) in positions.items():
+            key = (str(getattr(tp, "topic", tp)), str(getattr(tp, "partition", "")))
+            self.gauge.labels(*key).set(max(0, high - committed))
+            seen.add(key)
+        for key in self._series - seen:
+            self.gauge.remove(*key)
+        self._series = seen
+
+
+class StallWatch:
+    """Finds input partitions with records waiting whose committed offset has not moved for ``timeout_s``.
+
+    Every position it is fed also goes to ``lag`` (default: the InputLag of the process's default
+    registry, which the worker serves).
+    """
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 lag: InputLag | None = None) -> None:
         """Watch with the given timeout (seconds; 0 never reports) and clock."""
         self.timeout_s = timeout_s
         self.clock = clock
+        self.lag = lag if lag is not None else InputLag.on(REGISTRY)
         self._since: dict[Any, tuple[int, float]] = {}  # partition -> (committed offset, when first seen)
 
     def stalled(self, positions: Positions) -> list[Any]:
         """Feed the current positions; return the partitions stalled for at least ``timeout_s``."""
+        self.lag.update(positions)
         now = self.clock()
         found: list[Any] = []
         for tp, (committed, high) in positions.items():

@@ -26,6 +26,7 @@ from citystream.ingest.publisher import GatewayMetrics
 from citystream.metrics import register_build_info
 from citystream.processors.app import WorkerMetrics
 from citystream.processors.notifiers import Dispatcher
+from citystream.processors.watchdog import InputLag
 from citystream.sinks.metrics import SinkMetrics
 
 # Series Prometheus adds itself on every scrape.
@@ -57,6 +58,7 @@ def exported_names() -> set[str]:
     BridgeMetrics(registry)
     GatewayMetrics(registry)
     WorkerMetrics(registry)
+    InputLag(registry)
     SinkMetrics(registry)
     Dispatcher([], registry)
     register_build_info(registry)
