@@ -37,7 +37,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "chaos": ("citystream.chaos", "chaos", "Run the pipeline under a seeded fault schedule; reconcile every seq."),
     "bench": ("citystream.bench.cli", "bench", "Benchmarks: every stage against its ceiling in the same run."),
     "status": ("citystream.status", "status", "Health, throughput, lag, DLQ rate, latency, gateways of a deployment."),
-    "console": ("citystream.console.cli", "console", "Control-room web console: cameras, live feed, sensors."),
 }
 
 

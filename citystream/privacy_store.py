@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from citystream.clickhouse import StoreError, chdb_path, connect, opened_here, read_owner
+from citystream.clickhouse import StoreError, chdb_path, connect, opened_here, query_rows, read_owner
 from citystream.schemas import migrate as schema
 from citystream.settings import ClickHouseSettings, Settings
 
@@ -90,6 +90,28 @@ def linked_where(database: str, pairs: Sequence[Pair]) -> dict[str, str]:
         VEHICLES_1H: (f"(tenant, district, device_id, hour) IN (SELECT tenant, district, device_id, "
                       f"toStartOfHour(captured_at) FROM {db}.{schema.PLATE_READS} WHERE {reads})"),
     }
+
+
+SEARCHED = (schema.PLATE_READS, schema.ALERTS, schema.FRAME_INDEX, schema.DEAD_LETTERS, VEHICLES_1H)
+"""Tables a plate's records are searched in, in this order (analyst views: duplicates hidden)."""
+
+
+def reading_tenants(settings: Settings) -> list[str]:
+    """Tenants that have plate reads stored (each has its own pseudonym key, or the ``*`` one)."""
+    db = f"`{settings.clickhouse.database}`"
+    rows = query_rows(settings, f"SELECT DISTINCT tenant FROM {db}.{schema.PLATE_READS} ORDER BY tenant")
+    return [str(r["tenant"]) for r in rows]
+
+
+def search(settings: Settings, pairs: Sequence[Pair]) -> dict[str, list[dict[str, Any]]]:
+    """Every stored record linked to the plate pairs, per table (read-only path)."""
+    if not pairs:
+        return {table: [] for table in SEARCHED}
+    where = linked_where(settings.clickhouse.database, pairs)
+    db = f"`{settings.clickhouse.database}`"
+    return {table: query_rows(settings, f"SELECT * FROM {db}.{schema.view_of(table)} WHERE {where[table]} "
+                                       f"ORDER BY {schema.TIME_COLUMNS[table]}")
+            for table in SEARCHED}
 
 
 def writer(ch: ClickHouseSettings) -> Any:
