@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import signal
 import sys
 
 import click
@@ -50,6 +51,14 @@ def console(ctx: click.Context, host: str | None, port: int | None, hash_only: b
         ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
         ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None, timeout_graceful_shutdown=5))
     click.echo(f"console: {scheme}://{cfg.host}:{cfg.port}/", err=True)
+
+    def stop(_sig: int, _frame: object) -> None:
+        server.should_exit = True
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in place of
+    # the default, that ends in a clean return (exit 0) instead of death by SIGTERM.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     server.run()
     if not server.started:
         fail(f"could not serve on {cfg.host}:{cfg.port}")

@@ -41,6 +41,14 @@ ENTRY_IN_MESSAGE = re.compile(r"\(entry ([0-9a-f-]{36})\)")
 FEED_TOPICS = (topics.PLATE_READS, topics.FACE_MATCHES, topics.ALERTS)
 
 
+def remember(table: OrderedDict[Any, str], key: Any, value: str, cap: int) -> None:
+    """Set ``table[key]`` as the newest entry, dropping the oldest beyond ``cap``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > cap:
+        table.popitem(last=False)
+
+
 @dataclass
 class FeedItem:
     """One plate read, face hit or alert as the feed holds it."""
@@ -75,8 +83,9 @@ class Feed:
         self.items: OrderedDict[str, FeedItem] = OrderedDict()
         self.entries: dict[str, WatchlistEntry] = {}
         self.actions: dict[str, AlertAction] = {}
-        self.read_entry: dict[str, str] = {}  # plate read id -> watchlist entry id (from its alert)
-        self.pseudonym_entry: dict[tuple[str, str], str] = {}
+        # plate read id -> watchlist entry id (from its alert); (tenant, pseudonym) -> entry id. Both bounded.
+        self.read_entry: OrderedDict[str, str] = OrderedDict()
+        self.pseudonym_entry: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.invalid = 0
         self.version = 0
         self.lock = threading.Lock()
@@ -129,7 +138,9 @@ class Feed:
 
     def _plate(self, read: PlateRead) -> None:
         entry_id = self.read_entry.get(read.event_id)
-        if entry_id is None and read.watchlist_hit:
+        if entry_id is not None:  # its alert came first
+            remember(self.pseudonym_entry, (read.tenant, read.plate_pseudonym), entry_id, self.size)
+        elif read.watchlist_hit:
             entry_id = self.pseudonym_entry.get((read.tenant, read.plate_pseudonym))
         self._put(FeedItem(read.event_id, "plate", read.captured_at, read.tenant, read.device_id, read.district,
                            read.source_event_id, {"pseudonym": read.plate_pseudonym, "confidence": read.confidence,
@@ -152,11 +163,11 @@ class Feed:
         match = ENTRY_IN_MESSAGE.search(alert.message)
         entry_id = match.group(1) if match else None
         if alert.alert_type == "plate_watchlist" and entry_id and alert.source_event_id:
-            self.read_entry[alert.source_event_id] = entry_id
+            remember(self.read_entry, alert.source_event_id, entry_id, self.size)
             read = self.items.get(alert.source_event_id)
             if read is not None and read.kind == "plate":
                 read.data["entry_id"] = entry_id
-                self.pseudonym_entry[(read.tenant, read.data["pseudonym"])] = entry_id
+                remember(self.pseudonym_entry, (read.tenant, read.data["pseudonym"]), entry_id, self.size)
                 self._put(read)
         self._put(FeedItem(alert.event_id, "alert", alert.captured_at, alert.tenant, alert.device_id, alert.district,
                            alert.source_event_id, {"alert_type": alert.alert_type, "severity": alert.severity.value,

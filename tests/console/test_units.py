@@ -1,0 +1,143 @@
+"""Console units without servers: password hashes, roles, settings validation, the feed's linking and bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from citystream.console import auth
+from citystream.console.feed import Feed
+from citystream.console.live import present
+from citystream.console.sensors import chart
+from citystream.processors import watchlists
+from citystream.schemas import topics
+from citystream.schemas.wire import to_json
+from citystream.settings import ConfigError, load_settings
+from tests.console.conftest import REGISTRATION, TENANT, console_users, plate_alert, plate_read
+
+pytestmark = pytest.mark.unit
+
+
+def test_password_hashes_verify_and_differ_by_salt() -> None:
+    one, two = auth.hash_password("s3cret"), auth.hash_password("s3cret")
+    assert one != two and auth.verify_password("s3cret", one) and auth.verify_password("s3cret", two)
+    assert not auth.verify_password("s3cret!", one)
+    assert not auth.verify_password("s3cret", "scrypt$garbage")
+
+
+def test_roles_have_the_documented_permissions() -> None:
+    settings = console_users()
+    op, analyst, dpo = (auth.user_of(settings, u) for u in ("op", "analyst", "dpo"))
+    assert op and analyst and dpo
+    assert op.plate_text and not analyst.plate_text and dpo.plate_text
+    assert op.can("alerts.act") and not analyst.can("alerts.act") and not dpo.can("alerts.act")
+    assert dpo.can("watchlist.edit") and not op.can("watchlist.edit") and not analyst.can("watchlist.view")
+    assert not analyst.can("frames")
+    assert auth.authenticate(settings, "op", "op-pass-1") == op
+    assert auth.authenticate(settings, "op", "wrong") is None and auth.authenticate(settings, "x", "y") is None
+
+
+def test_csrf_tokens_compare_exactly() -> None:
+    token = auth.new_csrf_token()
+    assert auth.csrf_ok(token, token)
+    assert not auth.csrf_ok(token, token[:-1]) and not auth.csrf_ok(token, None) and not auth.csrf_ok(None, None)
+
+
+def test_bad_console_settings_fail_at_start_with_the_field_path() -> None:
+    with pytest.raises(ConfigError, match=r"console\.users\.bob\.password_hash"):
+        load_settings(None, {"console.users": {"bob": {"role": "operator", "password_hash": "plain"}}})
+    with pytest.raises(ConfigError, match=r"console\.users\.bob\.role"):
+        load_settings(None, {"console.users": {"bob": {"role": "boss", "password_hash": auth.hash_password("x")}}})
+    with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file go together"):
+        load_settings(None, {"console.tls_cert_file": "/tmp/cert.pem"})
+
+
+def _feed(size: int = 500) -> Feed:
+    settings = load_settings(None).model_copy(update={"console": console_users().model_copy(
+        update={"feed_size": size})})
+    return Feed(settings)
+
+
+def _entry() -> watchlists.WatchlistEntry:
+    now = datetime.now(UTC)
+    return watchlists.WatchlistEntry(entry_id=watchlists.plate_entry_id(TENANT, REGISTRATION, ""), tenant=TENANT,
+                                     kind="plate", label="stolen", registration=REGISTRATION, reason="r",
+                                     legal_basis="b", expires_at=now + timedelta(days=1), created_at=now)
+
+
+@pytest.mark.parametrize("alert_first", [False, True])
+def test_a_plate_hit_gets_its_entrys_plate_text_for_allowed_roles_whatever_the_arrival_order(alert_first: bool) -> None:
+    feed, entry = _feed(), _entry()
+    feed.ingest(topics.WATCHLISTS, entry.entry_id.encode(), watchlists.encode(entry))
+    read = plate_read(1, hit=True, at=datetime.now(UTC))
+    records = [(topics.PLATE_READS, to_json(read)), (topics.ALERTS, to_json(plate_alert(read, entry.entry_id)))]
+    for topic, value in reversed(records) if alert_first else records:
+        feed.ingest(topic, None, value)
+    users = console_users()
+    op, analyst = auth.user_of(users, "op"), auth.user_of(users, "analyst")
+    assert op and analyst
+    assert present(feed.items[read.event_id], op, feed)["plate_text"] == REGISTRATION
+    seen = present(feed.items[read.event_id], analyst, feed)
+    assert "plate_text" not in seen and REGISTRATION not in str(seen) and "frame" not in seen
+    later = plate_read(2, hit=True, at=datetime.now(UTC))  # same car again, its alert held back by the cooldown
+    feed.ingest(topics.PLATE_READS, None, to_json(later))
+    assert present(feed.items[later.event_id], op, feed)["plate_text"] == REGISTRATION
+
+
+def test_a_read_that_hit_nothing_has_no_plate_text_for_anyone() -> None:
+    feed = _feed()
+    read = plate_read(1, hit=False, at=datetime.now(UTC))
+    feed.ingest(topics.PLATE_READS, None, to_json(read))
+    admin = auth.user_of(console_users(), "admin")
+    assert admin and "plate_text" not in present(feed.items[read.event_id], admin, feed)
+
+
+def test_undecodable_records_are_counted_and_skipped_and_the_feed_is_bounded() -> None:
+    feed = _feed(size=10)
+    feed.ingest(topics.PLATE_READS, None, b"{not json")
+    feed.ingest(topics.WATCHLISTS, b"k", b'{"entry_id": 1}')
+    assert feed.invalid == 2 and not feed.items
+    for seq in range(25):
+        feed.ingest(topics.PLATE_READS, None, to_json(plate_read(seq, hit=False, at=datetime.now(UTC))))
+    assert len(feed.items) == 10 and feed.version == 25
+    version, changed = feed.changed_since(20)
+    assert version == 25 and len(changed) == 5
+
+
+def test_a_console_closure_marks_the_alert_closed() -> None:
+    from citystream.console.actions import closing_alert
+
+    feed, entry = _feed(), _entry()
+    alert = plate_alert(plate_read(1, hit=True, at=datetime.now(UTC)), entry.entry_id)
+    feed.ingest(topics.ALERTS, None, to_json(alert))
+    op = auth.user_of(console_users(), "op")
+    assert op
+    cleared = closing_alert(feed.items[alert.event_id], op, datetime.now(UTC))
+    assert cleared.state == "cleared" and cleared.source_event_id == alert.event_id
+    assert closing_alert(feed.items[alert.event_id], op, datetime.now(UTC)).event_id == cleared.event_id
+    feed.ingest(topics.ALERTS, None, to_json(cleared))
+    assert feed.actions[alert.event_id].closed_by == "op user"
+    assert cleared.event_id not in feed.items  # the closure updates the alert, it is no new feed item
+
+
+def test_waiters_wake_on_a_change() -> None:
+    feed = _feed()
+
+    async def scenario() -> int:
+        waiting = asyncio.create_task(feed.wait(0, 30.0))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(feed.ingest, topics.PLATE_READS, None,
+                                to_json(plate_read(1, hit=False, at=datetime.now(UTC))))
+        await waiting
+        return feed.version
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_chart_scales_into_the_box_with_thresholds() -> None:
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    c = chart([(t0, 10.0), (t0 + timedelta(minutes=1), 30.0)], thresholds=(20.0,))
+    assert c.points == "0.0,76.0 300.0,4.0" and c.lines == [(40.0, "20")]
+    assert chart([]).points == ""
