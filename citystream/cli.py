@@ -36,7 +36,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("citystream.demo", "demo", "Run the whole pipeline end to end on the local stack."),
     "chaos": ("citystream.chaos", "chaos", "Run the pipeline under a seeded fault schedule; reconcile every seq."),
     "bench": ("citystream.bench.cli", "bench", "Benchmarks: every stage against its ceiling in the same run."),
+    "privacy": ("citystream.privacy", "privacy", "Data-subject search/erase by plate, audit log, retention (PDPA)."),
     "status": ("citystream.status", "status", "Health, throughput, lag, DLQ rate, latency, gateways of a deployment."),
+    "console": ("citystream.console.cli", "console", "Control-room web console: cameras, live feed, sensors."),
 }
 
 
