@@ -9,6 +9,7 @@ from the bridge, after Kafka's delivery report.
 
 from __future__ import annotations
 
+import ssl
 import struct
 import time
 
@@ -86,8 +87,11 @@ class BridgeClient(mqtt.Client):
     _rpos: int = 0
 
     def buffered(self) -> int:
-        """Bytes read from the socket that paho has not consumed yet."""
-        return len(self._rbuf) - self._rpos
+        """Bytes read from the socket that paho has not consumed yet (also TLS plaintext ``select`` cannot see)."""
+        waiting = len(self._rbuf) - self._rpos
+        if not waiting and isinstance(self._sock, ssl.SSLSocket):
+            waiting = self._sock.pending()  # decrypted, held by the TLS layer: the socket itself is not readable
+        return waiting
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos

@@ -20,7 +20,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from citystream.settings import Settings
+from citystream.ingest import mqtt_tls
+from citystream.settings import MqttSettings, Settings
 from citystream.stack import identities, mosquitto
 from citystream.stack.identities import GatewayIdentity, IdentityError
 
@@ -29,10 +30,13 @@ log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 10.0
 
 
-def login_accepted(host: str, port: int, username: str, password: str, timeout_s: float = 5.0) -> bool | None:
-    """One MQTT v5 CONNECT: True when accepted, False when refused, None when nothing answered in time."""
+def login_accepted(host: str, port: int, username: str, password: str, timeout_s: float = 5.0,
+                   mqtt_settings: MqttSettings | None = None) -> bool | None:
+    """One MQTT v5 CONNECT (over TLS when ``mqtt_settings.tls``): True accepted, False refused, None no answer."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
+    if mqtt_settings is not None:
+        mqtt_tls.configure(client, mqtt_settings)
     answered = threading.Event()
     result: dict[str, bool] = {}
 
@@ -126,7 +130,8 @@ def _wait_accepted(settings: Settings, username: str, password: str) -> None:
     """Wait until the broker has reloaded (it accepts the new login); IdentityError after a timeout."""
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while True:
-        got = login_accepted("127.0.0.1", settings.stack.mqtt_port, username, password, timeout_s=2.0)
+        got = login_accepted("127.0.0.1", settings.stack.mqtt_port, username, password, timeout_s=2.0,
+                             mqtt_settings=settings.mqtt)
         if got:
             return
         if time.monotonic() > deadline:

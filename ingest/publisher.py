@@ -56,6 +56,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from citystream.ingest import mqtt_tls
 from citystream.ingest.confirm import seqs_of
 from citystream.ingest.spool import Spool, Spooled
 from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
@@ -156,11 +157,7 @@ class Publisher:
         client.username_pw_set(self.gateway.username or None, self.gateway.password.get_secret_value() or None)
         client.max_inflight_messages_set(self.gateway.window)
         client.max_queued_messages_set(self.gateway.window)
-        if self.mqtt.tls is not None:
-            tls = self.mqtt.tls
-            client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                           certfile=str(tls.cert_file) if tls.cert_file else None,
-                           keyfile=str(tls.key_file) if tls.key_file else None)
+        mqtt_tls.configure(client, self.mqtt)  # mqtt.tls: verify the broker (CA, host name)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

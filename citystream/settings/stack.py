@@ -26,6 +26,8 @@ class StackSettings(Section):
     mqtt_max_queued_bytes: int = Field(1024**3, ge=1024 * 1024, le=2**31 - 1,
                                        description="the same limit in bytes (Mosquitto reads a 32-bit int)")
     start_timeout_s: float = Field(60.0, gt=0)
+    mqtt_tls: bool = Field(False, description="Mosquitto's listener speaks MQTT over TLS with a certificate from a CA "
+                           "the stack generates (<home>/tls); off keeps plain MQTT on loopback")
     kafka_scram: bool = Field(False, description="Kafka's client listener as SASL_PLAINTEXT with SCRAM-SHA-512 users "
                               "made at storage format (set before the first up, or remove <home>/kafka)")
     test_publisher: bool = Field(False, description="also create the 'test-publisher' MQTT login, which may publish "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from citystream.cli import fail, print_json, settings_of
@@ -55,3 +57,16 @@ def stack_status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"kafka      {st['kafka']['bootstrap']}  "
                f"{'running pid ' + str(st['kafka']['pid']) if st['kafka']['running'] else 'stopped'}")
     click.echo(f"clickhouse {st['clickhouse']['dsn']}")
+
+
+@stack.command("certs")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where ca.crt, ca.key, server.crt and server.key go (e.g. deploy/compose/certs).")
+@click.option("--host", "hosts", multiple=True, required=True,
+              help="A name or IP address gateways use to reach the broker (repeatable).")
+def stack_certs(directory: Path, hosts: tuple[str, ...]) -> None:
+    """Make a test CA and an MQTT server certificate for these hosts (kept while current)."""
+    from citystream.stack import certs
+    files = certs.ensure(directory, list(hosts))
+    click.echo(f"CA for gateways (mqtt.tls.ca_file): {files.ca_cert}\n"
+               f"server certificate and key for the broker: {files.server_cert} {files.server_key} (0600)")

@@ -51,6 +51,8 @@ def local_settings(settings: Settings) -> Settings:
     data["stack"]["home"] = str(home)
     data["stack"]["kafka_jars"] = str(settings.stack.kafka_jars.resolve())
     data["mqtt"].update(host="127.0.0.1", port=settings.stack.mqtt_port, username="bridge", password=creds["bridge"])
+    if settings.stack.mqtt_tls:  # clients verify the broker against the stack's own CA
+        data["mqtt"]["tls"] = {"ca_file": str(mosquitto.tls_dir(settings) / "ca.crt")}
     if settings.stack.test_publisher:  # tests of malformed traffic; gateways use provisioned identities
         data["gateway"].update(username=TEST_PUBLISHER, password=creds[TEST_PUBLISHER])
     elif data["gateway"]["username"] in (TEST_PUBLISHER, "gateway"):  # no such login here (any more)

@@ -1,4 +1,9 @@
-"""Mosquitto for the local stack: generated config, password file and ACL, loopback only."""
+"""Mosquitto for the local stack: generated config, password file and ACL, loopback only.
+
+With ``stack.mqtt_tls`` the one listener speaks MQTT over TLS (no plaintext listener): the server
+certificate comes from the stack's own CA (``<home>/tls``, :mod:`citystream.stack.certs`), which the
+stack's settings give every client as ``mqtt.tls.ca_file``.
+"""
 
 from __future__ import annotations
 
@@ -98,7 +103,7 @@ allow_anonymous false
 password_file {passwd}
 acl_file {base / "acl"}
 listener {st.mqtt_port} 127.0.0.1
-persistence true
+{_tls_lines(settings)}persistence true
 persistence_location {base / "data"}/
 # Snapshot every 10 s: a crash of Mosquitto itself (not a restart) can lose what arrived since.
 autosave_interval 10
@@ -117,6 +122,22 @@ log_type notice
 connection_messages true
 """)
     return conf
+
+
+def tls_dir(settings: Settings) -> Path:
+    """Where the stack's CA and Mosquitto's server certificate live."""
+    return settings.stack.home.resolve() / "tls"
+
+
+def _tls_lines(settings: Settings) -> str:
+    """The TLS options of the listener (none without ``stack.mqtt_tls``); makes the certificates if needed."""
+    if not settings.stack.mqtt_tls:
+        return ""
+    from citystream.stack import certs  # cryptography: only where the stack runs
+
+    files = certs.ensure(tls_dir(settings), ["127.0.0.1", "localhost"])
+    return (f"cafile {files.ca_cert}\ncertfile {files.server_cert}\nkeyfile {files.server_key}\n"
+            "tls_version tlsv1.2\n")
 
 
 def wait_listening(host: str, port: int, timeout_s: float, managed: Managed, pid: int) -> None:
