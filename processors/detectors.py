@@ -54,9 +54,9 @@ from citystream.settings.worker import DetectorBase, default_detectors
 
 if TYPE_CHECKING:
     from citystream.processors.app import WorkerContext
-    from citystream.processors.faces import FaceFindings
+    from citystream.processors.faces import FaceFindings, FacesDetector
     from citystream.processors.frames_agent import Frame
-    from citystream.processors.plates import PlateResult
+    from citystream.processors.plates import PlateResult, PlatesDetector
     from citystream.processors.watchlists import WatchlistEntry, WatchlistIndex
 
 Found = TypeVar("Found")
@@ -172,8 +172,5 @@ def outputs(detectors: Sequence[Detector[Any]]) -> dict[str, str]:
 
 
 if TYPE_CHECKING:  # mypy checks that the built-in detectors implement the protocol
-    from citystream.processors.faces import FacesDetector
-    from citystream.processors.plates import PlatesDetector
-
     _PLATES: Detector[list[PlateResult]] = PlatesDetector()
     _FACES: Detector[FaceFindings] = FacesDetector()
