@@ -41,6 +41,7 @@ def _steps(config: Path, procs: Procs, workdir: Path, scale: Scale, report: Repo
     from citystream.bench import ingest_bench as ib
     from citystream.bench import store_bench as sb
     from citystream.bench import vision_bench as vb
+    from citystream.bench import worker_loop as wl
 
     def ceiling(key: str) -> float | None:
         value = report.doc["ceilings"].get(key, {}).get("value")
@@ -75,6 +76,10 @@ def _steps(config: Path, procs: Procs, workdir: Path, scale: Scale, report: Repo
         ("JPEG decode, plates, faces, accuracy", ["ceiling:jpeg_decode", "plates_fps", "faces_fps",
                                                   "plate_accuracy"],
          lambda: vb.vision_in_child(scale.vision_frames, scale.accuracy_n)),
+        ("worker restarts with a backlog (loop)", ["worker_restarts"],
+         lambda: wl.restarts_entry(config, procs, scale.name)),
+        ("worker rebalances under load (loop)", ["worker_rebalances"],
+         lambda: wl.rebalances_entry(config, procs, scale.name)),
     ]
 
 
