@@ -13,6 +13,7 @@ setup:
 
 demo: setup
 	$(CS) stack up
+	@if ! kill -0 "$$(cat .citystream/console.pid 2>/dev/null)" 2>/dev/null; then mkdir -p .citystream/logs; nohup $(CS) console --demo-login >> .citystream/logs/console.log 2>&1 & echo $$! > .citystream/console.pid; fi
 	$(CS) demo --duration $(DEMO_SECONDS)
 
 test: setup lint typecheck pytest

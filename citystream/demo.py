@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.clickhouse import StoreError, chdb_path, query_rows, read_owner
+from citystream.console.demo_login import console_line
 from citystream.ingest import mqtt_tls, provision
 from citystream.schemas import migrate as schema
 from citystream.schemas.events import DeviceState, DeviceStatus, make_event_id
@@ -265,6 +266,8 @@ def demo(ctx: click.Context, duration: float, gateways: int, cameras: int, senso
                f"alerts {result['alerts']}  e2e p50 {result['e2e_latency_p50_s']:.3f}s "
                f"p99 {result['e2e_latency_p99_s']:.3f}s  stages {result['stage_exit_codes']}")
     echo(("OK  " if ok else "FAILED  ") + summary)
+    if console_line(settings):  # make demo started the console: its URL and the demo login come last
+        echo(console_line(settings))
     if as_json:
         print_json(result)
     if not ok:

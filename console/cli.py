@@ -1,5 +1,6 @@
 """``citystream console``: serve the control-room web console.
 
+``--demo-login`` is for ``make demo`` only (see :mod:`citystream.console.demo_login`).
 Exit codes: 0 after SIGTERM/SIGINT (uvicorn stops accepting, finishes open requests), 1 when it cannot
 serve (port taken), 2 for bad settings or no users configured.
 """
@@ -24,9 +25,13 @@ log = logging.getLogger(__name__)
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: console.port).")
 @click.option("--hash-password", "hash_only", is_flag=True,
               help="Read a password (prompt, or stdin when not a terminal), print its hash for console.users, exit.")
+@click.option("--demo-login", is_flag=True,
+              help="Local demo only: with no console.users, log in as 'demo' (operator) with a generated password "
+                   "kept in <stack.home>/console-demo-login.json.")
 @config_option
 @click.pass_context
-def console(ctx: click.Context, host: str | None, port: int | None, hash_only: bool, config: str | None) -> None:
+def console(ctx: click.Context, host: str | None, port: int | None, hash_only: bool, demo_login: bool,
+            config: str | None) -> None:
     """Serve the control-room console: camera wall, live feed, sensors, watchlists."""
     if hash_only:
         password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
@@ -35,6 +40,14 @@ def console(ctx: click.Context, host: str | None, port: int | None, hash_only: b
         click.echo(hash_password(password))
         return
     settings = settings_of(ctx, **{"console.host": host, "console.port": port})
+    if demo_login and not settings.console.users:
+        from citystream.console import demo_login as demo
+        from citystream.settings.console import ConsoleUser
+
+        user = ConsoleUser(role="operator", name="demo operator",
+                           password_hash=hash_password(demo.demo_password(settings)))
+        settings = settings.model_copy(update={"console": settings.console.model_copy(
+            update={"users": {demo.LOGIN: user}})})
     if not settings.console.users:
         fail("no console users configured (console.users); hash a password with "
              "'citystream console --hash-password'", 2)
