@@ -73,20 +73,26 @@ def check_pairs(raw: Any) -> list[Pair]:
     return sorted(set(pairs))
 
 
-def linked_where(database: str, pairs: Sequence[Pair]) -> dict[str, str]:
-    """Per table, the WHERE clause of the records linked to the plate pairs (validated literals only)."""
+def linked_where(database: str, pairs: Sequence[Pair], resolved: bool = False) -> dict[str, str]:
+    """Per table, the WHERE clause of the records linked to the plate pairs (validated literals only).
+
+    ``resolved``: the reads' ids are bound as the parameters ``read_ids`` and ``frame_ids`` (the erasure
+    resolves them first, so its mutations hold no subquery); otherwise subqueries on ``plate_reads``.
+    """
     pairs = check_pairs(list(pairs))
     db = f"`{database}`"
     tuples = ", ".join(f"('{t}', '{p}')" for t, p in pairs)
     aliases = ", ".join(sorted({f"'{p}'" for _t, p in pairs}))
     reads = f"(tenant, plate_pseudonym) IN ({tuples})"
-    read_ids = f"SELECT event_id FROM {db}.{schema.PLATE_READS} WHERE {reads}"
-    frame_ids = f"SELECT source_event_id FROM {db}.{schema.PLATE_READS} WHERE {reads}"
+    read_ids = f"(SELECT event_id FROM {db}.{schema.PLATE_READS} WHERE {reads})"
+    frame_ids = f"(SELECT source_event_id FROM {db}.{schema.PLATE_READS} WHERE {reads})"
+    if resolved:
+        read_ids, frame_ids = "{read_ids:Array(String)}", "{frame_ids:Array(String)}"
     return {
         schema.PLATE_READS: reads,
-        schema.ALERTS: f"source_event_id IN ({read_ids})",
-        schema.FRAME_INDEX: f"event_id IN ({frame_ids})",
-        schema.DEAD_LETTERS: f"multiSearchAny(original_bytes, [{aliases}]) OR headers['event_id'] IN ({frame_ids})",
+        schema.ALERTS: f"source_event_id IN {read_ids}",
+        schema.FRAME_INDEX: f"event_id IN {frame_ids}",
+        schema.DEAD_LETTERS: f"multiSearchAny(original_bytes, [{aliases}]) OR headers['event_id'] IN {frame_ids}",
         VEHICLES_1H: (f"(tenant, district, device_id, hour) IN (SELECT tenant, district, device_id, "
                       f"toStartOfHour(captured_at) FROM {db}.{schema.PLATE_READS} WHERE {reads})"),
     }
@@ -181,20 +187,24 @@ def _append_audit(client: Any, database: str, entry: Any) -> dict[str, Any]:
 
 
 def _erase(client: Any, database: str, pairs: list[Pair]) -> dict[str, Any]:
-    where = linked_where(database, pairs)
     db = f"`{database}`"
-    buckets = client.query(
-        f"SELECT DISTINCT tenant, district, device_id, toStartOfHour(captured_at) AS hour "
-        f"FROM {db}.{schema.PLATE_READS} WHERE {where[schema.PLATE_READS]}").result_rows
+    reads = client.query(
+        f"SELECT DISTINCT event_id, source_event_id, tenant, district, device_id, toStartOfHour(captured_at) "
+        f"FROM {db}.{schema.PLATE_READS} WHERE {linked_where(database, pairs)[schema.PLATE_READS]}").result_rows
+    ids = {"read_ids": sorted({str(r[0]) for r in reads}), "frame_ids": sorted({str(r[1]) for r in reads})}
+    where = linked_where(database, pairs, resolved=True)
     refs = [str(r[0]) for r in client.query(
-        f"SELECT DISTINCT object_ref FROM {db}.{schema.FRAME_INDEX} WHERE {where[schema.FRAME_INDEX]}").result_rows]
+        f"SELECT DISTINCT object_ref FROM {db}.{schema.FRAME_INDEX} WHERE {where[schema.FRAME_INDEX]}",
+        parameters=ids).result_rows]
     counts: dict[str, int] = {}
     for table in ERASE_ORDER:
-        n = client.query(f"SELECT uniqExact(event_id) FROM {db}.{table} WHERE {where[table]}").result_rows[0][0]
+        n = client.query(f"SELECT uniqExact(event_id) FROM {db}.{table} WHERE {where[table]}",
+                         parameters=ids).result_rows[0][0]
         counts[table] = int(n)
         if n:
-            client.command(f"ALTER TABLE {db}.{table} DELETE WHERE {where[table]}", settings=_MUTATION)
-    counts[VEHICLES_1H] = _rebuild_vehicles(client, database, buckets)
+            client.command(f"ALTER TABLE {db}.{table} DELETE WHERE {where[table]}", parameters=ids,
+                           settings=_MUTATION)
+    counts[VEHICLES_1H] = _rebuild_vehicles(client, database, sorted({tuple(r[2:]) for r in reads}))
     return {"counts": counts, "frame_refs": sorted(refs)}
 
 
