@@ -70,3 +70,24 @@ def stack_certs(directory: Path, hosts: tuple[str, ...]) -> None:
     files = certs.ensure(directory, list(hosts))
     click.echo(f"CA for gateways (mqtt.tls.ca_file): {files.ca_cert}\n"
                f"server certificate and key for the broker: {files.server_cert} {files.server_key} (0600)")
+
+
+@stack.command("rotate-key")
+@click.option("--tenant", default="*", show_default=True, help="Tenant whose pseudonym key is replaced ('*': the "
+              "key of every tenant without one of its own); a tenant without a key gets its own.")
+@click.option("--json", "as_json", is_flag=True, help="Print {tenant, fingerprint, previous, retired_file}.")
+@click.pass_context
+def stack_rotate_key(ctx: click.Context, tenant: str, as_json: bool) -> None:
+    """Give a tenant a new random pseudonym key; the old one is kept aside (0600). Restart the worker after."""
+    from citystream.stack import local
+    try:
+        done = local.rotate_key(settings_of(ctx), tenant)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        print_json(done)
+        return
+    click.echo(f"new pseudonym key for tenant {tenant} (fingerprint {done['fingerprint']}); restart the worker")
+    if done["retired_file"]:
+        click.echo(f"the previous key ({done['previous']}) is kept in {done['retired_file']} until plate_reads "
+                   "has expired past it (docs/PRIVACY.md, key rotation)")

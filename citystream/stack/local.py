@@ -18,7 +18,7 @@ import orjson
 import yaml
 
 from citystream.settings import Settings, dump_settings
-from citystream.stack import kafka, mosquitto
+from citystream.stack import kafka, keys, mosquitto
 from citystream.stack.mosquitto import TEST_PUBLISHER
 
 USERS = ("bridge", TEST_PUBLISHER)  # the test publisher's login exists only with stack.test_publisher
@@ -35,7 +35,9 @@ def credentials(home: Path) -> dict[str, str]:
             return creds
     else:
         creds = {}
-    creds = {u: creds.get(u) or secrets.token_urlsafe(32 if u == "pseudonym" else 18) for u in SECRETS}
+    tenant_keys = {name: key for name, key in creds.items() if name.startswith(keys.PREFIX)}  # rotate-key's
+    creds = {**{u: creds.get(u) or (keys.new_key() if u == "pseudonym" else secrets.token_urlsafe(18))
+                for u in SECRETS}, **tenant_keys}
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -63,8 +65,9 @@ def local_settings(settings: Settings) -> Settings:
     if settings.stack.kafka_scram:
         data["kafka"].update(security_protocol="SASL_PLAINTEXT", sasl_mechanism=kafka.SCRAM,
                              sasl_username="citystream", sasl_password=creds["kafka-citystream"])
-    if not data["worker"]["pseudonym_keys"]:  # a local key for every tenant, unless keys were configured
-        data["worker"]["pseudonym_keys"] = {"*": creds["pseudonym"]}
+    configured = data["worker"]["pseudonym_keys"]
+    if not configured or keys.managed(configured, creds, home):  # the stack's keys, unless an operator set some
+        data["worker"]["pseudonym_keys"] = keys.current(creds)
     if settings.clickhouse.dsn.startswith("chdb://"):
         data["clickhouse"]["dsn"] = f"chdb://{home / 'clickhouse'}"
     return Settings(**data)
@@ -81,12 +84,23 @@ def up(settings: Settings) -> dict[str, Any]:
     creds = credentials(local.stack.home)
     mosquitto.up(local, creds)
     kafka.up(local, creds)
-    path = config_file(local)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("# Written by 'citystream stack up': settings for processes using the local stack.\n")
-        yaml.safe_dump(dump_settings(local, exclude_defaults=True), out, sort_keys=False, allow_unicode=True)
+    write_config_file(local)
     return status(local)
+
+
+def write_config_file(local: Settings) -> Path:
+    """Write the stack's settings file (mode 0600: it holds the generated secrets, keys revealed)."""
+    path = config_file(local)
+    body = yaml.safe_dump(dump_settings(local, exclude_defaults=True), sort_keys=False, allow_unicode=True)
+    keys.write_private(path, ("# Written by 'citystream stack up': settings for processes using the local stack.\n"
+                              + body).encode())
+    return path
+
+
+def rotate_key(settings: Settings, tenant: str) -> dict[str, Any]:
+    """A new pseudonym key for ``tenant`` (``*``: every tenant without its own); see citystream.stack.keys."""
+    home = settings.stack.home.resolve()
+    return keys.rotate(home, credentials(home), tenant, config_file(settings))
 
 
 def down(settings: Settings) -> dict[str, bool]:

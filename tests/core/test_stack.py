@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import uuid
 from pathlib import Path
 
@@ -145,3 +146,53 @@ def test_the_worker_prepares_its_internal_topics_through_the_topic_admin(setting
     for name, (parts, conf) in internal_topics(settings).items():
         assert name in names and len(names[name].partitions) == parts
         assert _topic_state(settings, name)[2]["cleanup.policy"] == conf.get("cleanup.policy", "delete")
+
+
+def test_stack_up_writes_a_real_private_pseudonym_key(stack_home: Path) -> None:
+    """The issue's finding: the settings file once held the masked form '**********' as the key."""
+    text = stack_home.read_text()
+    key = yaml.safe_load(text)["worker"]["pseudonym_keys"]["*"]
+    assert "*****" not in text and len(key) >= 43 and len(set(key)) > 10, "a 256-bit random key, not a mask"
+    creds = orjson.loads((stack_home.parent / "credentials.json").read_bytes())
+    assert key == creds["pseudonym"]
+    for path in (stack_home, stack_home.parent / "credentials.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert load_settings(stack_home).worker.pseudonym_key("any-tenant") == key.encode()
+
+
+@pytest.mark.unit
+def test_pseudonym_keys_are_per_stack_per_tenant_and_rotate(tmp_path: Path) -> None:
+    from citystream.processors.plates import pseudonym
+    from citystream.stack import local
+
+    def written(home: str, **overrides: object) -> Path:
+        s = Settings.model_validate({"stack": {"home": str(tmp_path / home)}, **overrides})
+        return local.write_config_file(local.local_settings(s))
+
+    config = written("a")
+    first = load_settings(config).worker.pseudonym_key("nakhon-rangsit")
+    assert first is not None and first != load_settings(written("b")).worker.pseudonym_key("nakhon-rangsit")
+    again = local.local_settings(load_settings(config))  # `stack up` reading its own file keeps the key
+    assert again.worker.pseudonym_key("nakhon-rangsit") == first
+
+    done = orjson.loads(citystream("stack", "rotate-key", "--json", config=config).stdout)
+    rotated = load_settings(config).worker.pseudonym_key("nakhon-rangsit")
+    assert rotated is not None and rotated != first and done["tenant"] == "*" and done["previous"]
+    assert local.local_settings(load_settings(config)).worker.pseudonym_key("nakhon-rangsit") == rotated, \
+        "the next stack up keeps the rotated key"
+    retired_file = Path(done["retired_file"])
+    assert stat.S_IMODE(retired_file.stat().st_mode) == 0o600
+    assert [r["key"].encode() for r in orjson.loads(retired_file.read_bytes())] == [first]
+    assert pseudonym("กข1234", "กรุงเทพมหานคร", first) != pseudonym("กข1234", "กรุงเทพมหานคร", rotated)
+
+    citystream("stack", "rotate-key", "--tenant", "pathum-pao", config=config)
+    s = load_settings(config)
+    own, other = s.worker.pseudonym_key("pathum-pao"), s.worker.pseudonym_key("nakhon-rangsit")
+    assert own is not None and own not in (other, first) and other == rotated, "a tenant key of its own"
+    assert local.local_settings(s).worker.pseudonym_key("pathum-pao") == own
+    assert "*****" not in config.read_text() and stat.S_IMODE(config.stat().st_mode) == 0o600
+
+    operator = local.local_settings(load_settings(config, {"worker.pseudonym_keys": {"*": "k" * 44}}))
+    assert operator.worker.pseudonym_key("pathum-pao") == b"k" * 44, "keys an operator configured are kept"
+    bad = citystream("stack", "rotate-key", "--tenant", "Bad/Tenant", config=config, check=False)
+    assert bad.returncode == 2 and "must be" in bad.stderr

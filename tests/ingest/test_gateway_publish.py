@@ -270,7 +270,7 @@ def test_wrong_password_is_refused_at_start(stack_home: Path, unique: str, tmp_p
     settings = stack_settings(stack_home, unique, tmp_path, gateway_id="gw-auth", password="not-the-password")
     registry = CollectorRegistry()
     gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
-    with pytest.raises(AuthRefused, match="user 'gateway'"):
+    with pytest.raises(AuthRefused, match=f"user {settings.gateway.username!r}"):
         gw.start(connect_timeout_s=10)
     assert not gw._publisher_thread.is_alive()
     assert metric(registry, "citystream_gateway_connect_failures_total", reason="auth") == 1
