@@ -208,7 +208,7 @@ def _erase(client: Any, database: str, pairs: list[Pair]) -> dict[str, Any]:
     return {"counts": counts, "frame_refs": sorted(refs)}
 
 
-def _rebuild_vehicles(client: Any, database: str, buckets: list[Sequence[Any]]) -> int:
+def _rebuild_vehicles(client: Any, database: str, buckets: Sequence[Sequence[Any]]) -> int:
     """Recount the ``vehicles_1h`` buckets from the reads left in ``plate_reads``; returns the bucket count."""
     if not buckets:
         return 0
