@@ -143,6 +143,8 @@ class Outputs:
             parts += [TopicPartition(name, p, OFFSET_BEGINNING) for p in meta.partitions]
         self.consumer.assign(parts)
         self.records: dict[str, list[tuple[int, dict[str, Any], bytes]]] = defaultdict(list)
+        self.positions: dict[tuple[str, int], int] = {}
+        self.parts = parts
 
     def poll_until(self, done: Any, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -150,7 +152,14 @@ class Outputs:
             msg = self.consumer.poll(0.5)
             if msg is None or msg.error() is not None:
                 continue
+            self.positions[(msg.topic(), msg.partition())] = msg.offset() + 1
             self.records[self.names[msg.topic()]].append((msg.partition(), orjson.loads(msg.value()), msg.key()))
+
+    def read_to_end(self, timeout_s: float = 60) -> None:
+        """Read every output partition up to the end it has now."""
+        ends = {(tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.parts}
+        self.poll_until(lambda _: all(self.positions.get(k, 0) >= e for k, e in ends.items()), timeout_s)
+        assert all(self.positions.get(k, 0) >= e for k, e in ends.items()), "outputs not read to their end"
 
     def close(self) -> None:
         self.consumer.close()
@@ -184,6 +193,17 @@ def produce(settings: Settings, records: list[Record]) -> None:
     for topic, key, value, headers in records:
         producer.produce(settings.kafka.topic(topic), key=key, value=value, headers=headers)
     assert producer.flush(30) == 0
+
+
+def produce_at(settings: Settings, records: list[Record]) -> list[tuple[int, int]]:
+    """Produce records like :func:`produce`; returns each one's (partition, offset)."""
+    producer = Producer({**settings.kafka.client_config(), "message.max.bytes": 8 * 1024 * 1024})
+    where: dict[int, tuple[int, int]] = {}
+    for i, (topic, key, value, headers) in enumerate(records):
+        producer.produce(settings.kafka.topic(topic), key=key, value=value, headers=headers,
+                         on_delivery=lambda err, msg, i=i: where.__setitem__(i, (msg.partition(), msg.offset())))
+    assert producer.flush(30) == 0 and len(where) == len(records)
+    return [where[i] for i in range(len(records))]
 
 
 def metric(port: int, name: str) -> float:
