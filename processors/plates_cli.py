@@ -9,12 +9,17 @@ the file and the reason); the other images are still read and the command exits 
 
 ``eval`` measures accuracy and speed on freshly generated synthetic road scenes; ``train``
 regenerates the shipped classifier files (see :mod:`citystream.processors.plate_train`).
+
+While they work, ``read`` (a bar over the images), ``eval`` and ``train`` (elapsed time) show progress
+on stderr when stderr is a terminal and ``--json`` is not given; output on stdout is unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -72,23 +77,51 @@ def format_result(image: str, result: PlateResult, as_json: bool, key: bytes | N
     return f"{image}\t{result.registration}\t{result.province}\t{result.confidence:.2f}\t{x},{y},{w},{h}"
 
 
+@contextmanager
+def progress(label: str, total: int | None = None, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr while the block runs, only on a terminal; yields the function that counts a step."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               *([MofNCompleteColumn()] if total else []), TimeElapsedColumn()]
+    # stdout lines go above the bar only when stdout is the same terminal; piped output stays on stdout
+    with Progress(*columns, console=Console(stderr=True), transient=True,
+                  redirect_stdout=sys.stdout.isatty()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
 def plates_read(images: tuple[str, ...], as_json: bool, key: bytes | None, max_pixels: int) -> int:
     """Read plates in each image, print one line per plate; return the exit code (1 if any file failed)."""
+    with progress("reading plates", len(images), enabled=not as_json) as step:
+        return _read_all(images, as_json, key, max_pixels, step)
+
+
+def _read_all(images: tuple[str, ...], as_json: bool, key: bytes | None, max_pixels: int,
+              step: Callable[[], None]) -> int:
     failed = 0
     for path in images:
-        try:
-            results = read_plates(load_image(path, max_pixels))
-        except ImageError as exc:
-            failed += 1
-            click.echo(f"citystream: {path}: cannot read image ({exc})", err=True)
-            continue
-        except Exception as exc:  # a reader bug on one image must not hide the others' results
-            failed += 1
-            click.echo(f"citystream: {path}: plate reader failed ({type(exc).__name__}: {exc})", err=True)
-            continue
-        for result in results:
-            click.echo(format_result(path, result, as_json, key))
+        failed += not _read_one(path, as_json, key, max_pixels)
+        step()
     return 1 if failed else 0
+
+
+def _read_one(path: str, as_json: bool, key: bytes | None, max_pixels: int) -> bool:
+    try:
+        results = read_plates(load_image(path, max_pixels))
+    except ImageError as exc:
+        click.echo(f"citystream: {path}: cannot read image ({exc})", err=True)
+        return False
+    except Exception as exc:  # a reader bug on one image must not hide the others' results
+        click.echo(f"citystream: {path}: plate reader failed ({type(exc).__name__}: {exc})", err=True)
+        return False
+    for result in results:
+        click.echo(format_result(path, result, as_json, key))
+    return True
 
 
 @click.group()
@@ -125,7 +158,9 @@ def eval_command(scenes: int, seed: int, width: int, height: int) -> None:
     """Accuracy (exact registration + province) and frames/s on fresh synthetic road scenes, as JSON."""
     from citystream.processors.plate_eval import evaluate
 
-    click.echo(json.dumps(evaluate(scenes, seed, width, height)))
+    with progress(f"reading {scenes} synthetic scenes"):
+        figures = evaluate(scenes, seed, width, height)
+    click.echo(json.dumps(figures))
 
 
 @plates.command("train")
@@ -143,5 +178,6 @@ def train_command(scenes: int, patches: int, seed: int, epochs: int, hidden: int
     from citystream.processors.plate_classify import MODEL_PATH
     from citystream.processors.plate_train import train
 
-    paths = train(scenes, patches, seed, epochs, hidden, workers, out_dir or MODEL_PATH.parent)
+    with progress("harvesting samples and training both classifiers"):
+        paths = train(scenes, patches, seed, epochs, hidden, workers, out_dir or MODEL_PATH.parent)
     click.echo(f"wrote {paths[0]} and {paths[1]}")
