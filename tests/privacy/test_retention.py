@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from citystream.schemas.migrate import apply_image_retention, migrate
 from citystream.settings import ClickHouseSettings, load_settings
 from citystream.settings.retention import DEFAULT_TABLE_DAYS, PURPOSES, RetentionSettings
 from citystream.sinks.frames import store_frame
+from tests.conftest import citystream
 from tests.sinks.factory import T0, TENANT
 
 
@@ -104,3 +106,30 @@ def test_archived_frames_are_private_files_in_private_folders(tmp_path: Path) ->
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
         folder = folder.parent
     assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.integration
+def test_privacy_retention_prints_the_settings_next_to_the_stores_ttls(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"clickhouse: {{dsn: 'chdb://{tmp_path / 'store'}', database: city}}\n"
+                   "retention: {tables: {vehicles_1h: 14, audit_log: 3650}, dead_letter_image_days: 2}\n"
+                   f"sink: {{frames_dir: '{tmp_path / 'frames'}'}}\n"
+                   "kafka: {topics: {raw.frames: {retention_ms: 43200000}}}\n")
+    before = {r["what"]: r for r in json.loads(citystream("privacy", "retention", "--json", config=cfg).stdout)}
+    assert before["vehicles_1h"]["days"] == 14 and before["vehicles_1h"]["store_ttl"] is None  # no store yet
+    citystream("migrate", config=cfg)
+    rows = json.loads(citystream("privacy", "retention", "--json", config=cfg).stdout)
+    got = {r["what"]: r for r in rows}
+    assert set(DEFAULT_TABLE_DAYS) < set(got)
+    assert got["vehicles_1h"]["days"] == 14
+    assert got["vehicles_1h"]["store_ttl"] == "toDateTime(hour) + toIntervalDay(14)"
+    assert got["audit_log"]["store_ttl"] == "toDateTime(at) + toIntervalDay(3650)"
+    assert got["plate_reads"]["days"] == 90 and got["plate_reads"]["purpose"] == PURPOSES["plate_reads"]
+    image = got["dead_letters.original_bytes of camera frames"]
+    assert image["days"] == 2 and image["store_ttl"] == schema.image_ttl(2)
+    assert got["archived frame files"] == {"what": "archived frame files", "where": str(tmp_path / "frames"),
+                                           "days": 30, "purpose": got["archived frame files"]["purpose"],
+                                           "store_ttl": None}
+    assert got["raw.frames"]["where"] == "Kafka" and got["raw.frames"]["days"] == 0.5
+    text = citystream("privacy", "retention", config=cfg).stdout
+    assert "vehicles_1h\tClickHouse city\t14 d" in text and "(store: toDateTime(hour) + toIntervalDay(14))" in text
