@@ -171,7 +171,10 @@ def status(ctx: click.Context, as_json: bool, watch: bool, count: int, interval:
         before = scrape_all(options.targets, timeout)
         time.sleep(interval)
         doc = build(settings, options, before, scrape_all(options.targets, timeout), notes)
-        print_json(doc) if as_json else show(render(doc))
+        if as_json:
+            print_json(doc)
+        else:
+            show(render(doc))
         sys.exit(0 if doc["healthy"] else 1)
     sys.exit(_watch(settings, options, notes, as_json, count))
 
@@ -186,7 +189,10 @@ def _watch(settings: Settings, options: Options, notes: list[str], as_json: bool
                 time.sleep(options.interval_s)
                 after = scrape_all(options.targets, options.timeout_s)
                 doc = build(settings, options, before, after, notes)
-                print_json(doc) if as_json else update(doc)
+                if as_json:
+                    print_json(doc)
+                else:
+                    update(doc)
                 healthy, before, done = doc["healthy"], after, done + 1
         except KeyboardInterrupt:
             pass
