@@ -2,6 +2,10 @@
 
 Stage subcommands live beside their stage (``ingest/bridge_cli.py`` …) and are imported only
 when invoked, so ``citystream --help`` stays fast and one stage's heavy imports never slow another.
+
+A Kafka, ClickHouse or MQTT failure that a subcommand does not handle itself ends in one line on
+stderr and exit 1 (``citystream: <command>: <server> unreachable at <address>: <reason>``), never a
+traceback (:func:`server_failure`); any other exception keeps its traceback, as a bug should.
 """
 
 from __future__ import annotations
