@@ -24,6 +24,7 @@ class Chart:
     """An inline SVG line chart: the polyline points and dashed threshold lines (y in pixels)."""
 
     points: str
+    last: tuple[float, float] | None = None
     lines: list[tuple[float, str]] = field(default_factory=list)
     low: float = 0.0
     high: float = 0.0
@@ -41,8 +42,8 @@ def chart(series: list[tuple[datetime, float]], thresholds: tuple[float, ...] = 
     def y(v: float) -> float:
         return round(H - 4 - (v - low) / span * (H - 8), 1)
 
-    points = " ".join(f"{round(i / n * W, 1)},{y(v)}" for i, (_t, v) in enumerate(series))
-    return Chart(points, [(y(t), f"{t:g}") for t in thresholds], low, high)
+    xy = [(round(i / n * W, 1), y(v)) for i, (_t, v) in enumerate(series)]
+    return Chart(" ".join(f"{x},{yy}" for x, yy in xy), xy[-1], [(y(t), f"{t:g}") for t in thresholds], low, high)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class CanalPanel:
 
 
 def air(settings: Settings, tenants: tuple[str, ...]) -> list[AirPanel]:
-    """PM2.5 per district: 24-hour mean, its Thai AQI and band, the last hour per minute."""
+    """PM2.5 per district: 24-hour mean, its Thai AQI and band, the last hour as a chart."""
     means = store.day_means(settings, Metric.PM25.value, tenants)
     series = store.sensor_series(settings, Metric.PM25.value, tenants)
     panels = []

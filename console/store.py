@@ -24,6 +24,7 @@ from citystream.settings import Settings
 EVENT_ID = re.compile(r"^[0-9a-f-]{36}$")
 TENANT = re.compile(r"^[a-z0-9-]{1,64}$")
 UP_STATES = ("heartbeat", "online", "gap")
+STEP_S = 15  # chart resolution: 240 points an hour, and a trend within a minute of a sensor starting
 
 
 def quoted(value: str, pattern: re.Pattern[str]) -> str:
@@ -156,11 +157,12 @@ def draw(jpeg: bytes, boxes: list[Box]) -> bytes:
 
 def sensor_series(settings: Settings, metric: str, tenants: tuple[str, ...], minutes: int = 60,
                   by: str = "district") -> dict[str, list[tuple[datetime, float]]]:
-    """Per-minute means of ``metric`` over the last ``minutes``, grouped by ``district`` or ``device_id``."""
+    """Means of ``metric`` per STEP_S seconds over the last ``minutes``, by ``district`` or ``device_id``."""
     if by not in ("district", "device_id") or not re.fullmatch(r"[a-z0-9_]+", metric):
         raise ValueError("bad series request")
     rows = query(settings, f"""
-        SELECT {by} AS key, toDateTime64(toStartOfMinute(captured_at), 3, 'UTC') AS t, avg(value) AS v
+        SELECT {by} AS key, toDateTime64(toStartOfInterval(captured_at, INTERVAL {STEP_S} SECOND), 3, 'UTC') AS t,
+               avg(value) AS v
         FROM {schema.view_of(schema.SENSOR_READINGS)}
         WHERE metric = '{metric}' AND captured_at > now() - INTERVAL {int(minutes)} MINUTE{tenant_filter(tenants)}
         GROUP BY key, t ORDER BY key, t""")
