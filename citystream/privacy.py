@@ -13,7 +13,8 @@ Every search and erase appends an audit entry (actor = ``--actor`` or the OS use
 through the owning sink's ``/privacy`` route when a sink holds the embedded store.
 
 ``--json`` shapes (stable): search ``{"pseudonyms": [{"tenant", "pseudonym"}], "counts": {table: n},
-"records": {table: [row, ...]}}``; erase ``{"pseudonyms", "counts": {table: n}, "frame_files": n}``;
+"records": {table: [row, ...]}}``; erase ``{"pseudonyms", "counts": {table: n}, "frame_files": n,
+"frame_files_missing": [ref, ...]}`` (files not found under ``sink.frames_dir`` here);
 audit ``[entry, ...]`` newest first; retention ``[{"what", "where", "days", "purpose", "store_ttl"}]``.
 """
 
@@ -50,6 +51,9 @@ def plate_pairs(settings: Settings, registration: str, province: str, tenant: st
                        "linked to the plate", err=True)
             continue
         pairs.append((name, pseudonym(registration, province, key)))
+    if tenants and not pairs:
+        fail("no pseudonym key for any tenant with plate reads (worker.pseudonym_keys): the plate cannot be "
+             "linked to its records", 2)
     return pairs
 
 
@@ -158,22 +162,26 @@ def erase_cmd(ctx: click.Context, registration: str, province: str, tenant: str 
                                            details={"error": str(exc)[:500]}, **entry))
         fail(str(exc))
     counts = {table: int(result["counts"].get(table, 0)) for table in SEARCHED}
-    files = delete_frames(settings.sink.frames_dir, [str(r) for r in result["frame_refs"]])
-    _record(settings, audit.AuditEntry(subject=_subject(pairs) if pairs else "plate",
-                                       details={"counts": counts, "frame_files": files}, **entry))
+    files, missing = delete_frames(settings.sink.frames_dir, [str(r) for r in result["frame_refs"]])
+    _record(settings, audit.AuditEntry(subject=_subject(pairs) if pairs else "plate", details={
+        "counts": counts, "frame_files": files, "frame_files_missing": len(missing)}, **entry))
+    if missing:
+        click.echo(f"citystream: {len(missing)} frame file(s) not under {settings.sink.frames_dir} (pruned already, "
+                   "or the archive is on the sink's host: delete them there): " + " ".join(missing), err=True)
     if as_json:
         print_json({"pseudonyms": [{"tenant": t, "pseudonym": p} for t, p in pairs], "counts": counts,
-                    "frame_files": files})
+                    "frame_files": files, "frame_files_missing": missing})
     else:
         for table in SEARCHED:
             click.echo(f"{table}\t{counts[table]}")
         click.echo(f"frame files\t{files}")
 
 
-def delete_frames(root: Path, refs: list[str]) -> int:
-    """Delete archived frame files by reference (only inside ``root``); returns how many were deleted."""
+def delete_frames(root: Path, refs: list[str]) -> tuple[int, list[str]]:
+    """Delete archived frame files by reference (only inside ``root``); returns the count and the refs not found."""
     base = root.resolve()
     deleted = 0
+    missing: list[str] = []
     for ref in refs:
         path = (base / ref).resolve()
         if not path.is_relative_to(base) or path == base:
@@ -183,8 +191,8 @@ def delete_frames(root: Path, refs: list[str]) -> int:
             path.unlink()
             deleted += 1
         except FileNotFoundError:
-            pass
-    return deleted
+            missing.append(ref)
+    return deleted, missing
 
 
 @privacy.command("audit")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from citystream import clickhouse
+from citystream.privacy import delete_frames
 from citystream.privacy_store import PrivacyOpError, call, check_pairs, linked_where, search
 from citystream.schemas.migrate import migrate
 from citystream.settings import ClickHouseSettings, Settings
@@ -59,3 +61,16 @@ def test_malformed_pairs_are_refused_before_any_sql(pairs: Any) -> None:
         check_pairs(pairs)
     with pytest.raises(PrivacyOpError):
         linked_where("db", pairs or [])
+
+
+@pytest.mark.unit
+def test_frame_files_are_deleted_only_inside_the_archive_and_missing_ones_are_reported(tmp_path: Path) -> None:
+    root, outside = tmp_path / "frames", tmp_path / "keep.jpg"
+    (root / TENANT / "2026-12-01" / "cam-01").mkdir(parents=True)
+    kept = root / TENANT / "2026-12-01" / "cam-01" / "b.jpg"
+    for path in (root / TENANT / "2026-12-01" / "cam-01" / "a.jpg", kept, outside):
+        path.write_bytes(b"\xff\xd8")
+    day = f"{TENANT}/2026-12-01/cam-01"
+    deleted, missing = delete_frames(root, [f"{day}/a.jpg", f"{day}/gone.jpg", "../keep.jpg", str(outside), "."])
+    assert (deleted, missing) == (1, [f"{day}/gone.jpg"])
+    assert kept.exists() and outside.exists() and root.is_dir()

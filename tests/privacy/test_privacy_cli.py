@@ -20,7 +20,7 @@ from citystream.schemas import topics
 from citystream.schemas.events import Alert, DeadLetter, PlateRead, derived_event_id
 from citystream.schemas.wire import frame_meta_pairs, to_json
 from citystream.settings import Settings
-from tests.conftest import citystream
+from tests.conftest import citystream, write_settings
 from tests.sinks.factory import TENANT
 from tests.sinks.procs import SinkProcess, produce, sink_settings, wait_for
 from tests.sinks.test_frames import frame, offsets_of
@@ -126,7 +126,7 @@ def test_a_stored_plate_is_found_erased_everywhere_and_both_actions_are_audited(
 
         erased = privacy(sink.config, "erase", *plate_args((REGISTRATION, PROVINCE)), "--actor", "dpo-somchai",
                          "--reason", "erasure request 8/2569", "--json")
-        assert erased["counts"] == found["counts"] and erased["frame_files"] == 2
+        assert erased["counts"] == found["counts"] and erased["frame_files"] == 2 and not erased["frame_files_missing"]
         assert not any((frames_dir / ref).exists() for ref in files)
         left = mentions(sink, ours)
         assert "plate_reads" in left and "dead_letters" in left and set(left.values()) == {0}, left
@@ -147,13 +147,18 @@ def test_a_stored_plate_is_found_erased_everywhere_and_both_actions_are_audited(
         assert search_entry["subject"] == erase_entry["subject"] == f"plate:{ours}"
         assert search_entry["reason"] == "access request 7/2569" and search_entry["legal_basis"] == "PDPA s.30"
         assert erase_entry["reason"] == "erasure request 8/2569"
-        assert erase_entry["details"] == {"counts": found["counts"], "frame_files": 2}
+        assert erase_entry["details"] == {"counts": found["counts"], "frame_files": 2, "frame_files_missing": 0}
         assert REGISTRATION not in json.dumps(log, ensure_ascii=False)
         assert sink.terminate() == 0
     finally:
         sink.kill()
 
-    # No sink now: the commands open the store themselves.
+    # No sink now: the commands open the store themselves. Without a key nothing can be linked: usage error.
+    keyless = sink.settings.model_copy(update={"worker": sink.settings.worker.model_copy(
+        update={"pseudonym_keys": {}})})
+    res = citystream("privacy", "search", *plate_args(OTHER), config=write_settings(keyless, tmp_path / "nokey.yaml"),
+                     check=False)
+    assert res.returncode == 2 and "no pseudonym key" in res.stderr, res.stderr
     erased = privacy(sink.config, "erase", *plate_args(OTHER), "--reason", "erasure request 9/2569", "--json")
     assert erased["counts"]["plate_reads"] == 1 and erased["frame_files"] == 1
     log = privacy(sink.config, "audit", "--json", "--limit", "2")
