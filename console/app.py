@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -85,17 +86,25 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
 
 
 async def login_form(request: Request) -> Response:
-    """The login page."""
+    """The login page (its form carries a CSRF token of the not-yet-logged-in session)."""
+    request.session.setdefault("csrf", auth.new_csrf_token())
     return render(request, "login.html", {"error": False, "next": request.query_params.get("next", "/")})
 
 
 async def login(request: Request) -> Response:
     """Check the credentials; on success start a fresh session (new CSRF token)."""
-    form = await request.form(max_fields=10)
+    form = dict(await request.form(max_fields=10))
+    if not auth.csrf_ok(request.session.get("csrf"), str(form.get("csrf", "")) or None):
+        raise HTTPException(403, "CSRF token missing or wrong; reload the login page")
     login_name, password = str(form.get("username", "")), str(form.get("password", ""))
-    user = auth.authenticate(request.app.state.settings.console, login_name, password)
+    throttle: auth.Throttle = request.app.state.throttle
+    if not throttle.allowed(login_name):
+        return render(request, "login.html", {"error": "too_many", "next": "/"}, status_code=429)
+    user = await run_in_threadpool(auth.authenticate, request.app.state.settings.console, login_name, password)
     if user is None:
-        return render(request, "login.html", {"error": True, "next": "/"}, status_code=401)
+        throttle.failed(login_name)
+        return render(request, "login.html", {"error": "bad_login", "next": "/"}, status_code=401)
+    throttle.succeeded(login_name)
     request.session.clear()
     request.session.update({"login": user.login, "csrf": auth.new_csrf_token()})
     target = str(form.get("next", "/"))
@@ -185,5 +194,6 @@ def create_app(settings: Settings, feed: Feed | None = None, run_feed: bool = Tr
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
     app.state.settings = settings
     app.state.feed = feed
+    app.state.throttle = auth.Throttle()
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     return app

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from citystream.settings.console import ROLES, ConsoleSettings, Role
@@ -92,3 +95,40 @@ def new_csrf_token() -> str:
 def csrf_ok(expected: str | None, given: str | None) -> bool:
     """Whether the token sent with a POST is the session's (constant-time)."""
     return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+class Throttle:
+    """Failed logins per login name: after ``limit`` failures within ``window_s`` the name is refused until the
+    window has passed (bounded to ``capacity`` names; the oldest are forgotten first)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0, capacity: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self.capacity, self.clock = limit, window_s, capacity, clock
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def _recent(self, login: str) -> list[float]:
+        now = self.clock()
+        recent = [t for t in self.failures.get(login, []) if now - t < self.window_s]
+        if recent:
+            self.failures[login] = recent
+        else:
+            self.failures.pop(login, None)
+        return recent
+
+    def allowed(self, login: str) -> bool:
+        """Whether another attempt for ``login`` may be checked now."""
+        with self.lock:
+            return len(self._recent(login)) < self.limit
+
+    def failed(self, login: str) -> None:
+        """Count a failed attempt."""
+        with self.lock:
+            if login not in self.failures and len(self.failures) >= self.capacity:
+                del self.failures[next(iter(self.failures))]
+            self.failures.setdefault(login, []).append(self.clock())
+
+    def succeeded(self, login: str) -> None:
+        """Forget the failures of ``login``."""
+        with self.lock:
+            self.failures.pop(login, None)

@@ -11,6 +11,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "username": ("ชื่อผู้ใช้", "User name"),
     "password": ("รหัสผ่าน", "Password"),
     "bad_login": ("ชื่อผู้ใช้หรือรหัสผ่านไม่ถูกต้อง", "Wrong user name or password"),
+    "too_many": ("ลองผิดหลายครั้งเกินไป โปรดรอ 5 นาที", "Too many failed attempts; wait 5 minutes"),
     "cameras": ("กล้อง", "Cameras"),
     "feed": ("เหตุการณ์สด", "Live feed"),
     "sensors": ("เซนเซอร์", "Sensors"),

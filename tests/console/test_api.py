@@ -38,10 +38,15 @@ def app_client(console_settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+def form_csrf(client: TestClient) -> str:
+    """The CSRF token of the login form (the session before login)."""
+    return client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+
+
 def login(client: TestClient, user: str) -> str:
     """Log in; returns the session's CSRF token (from the page's meta tag)."""
-    res = client.post("/login", data={"username": user, "password": PASSWORDS[user], "next": "/feed"},
-                      follow_redirects=False)
+    res = client.post("/login", data={"username": user, "password": PASSWORDS[user], "next": "/feed",
+                                      "csrf": form_csrf(client)}, follow_redirects=False)
     assert res.status_code == 303, res.text
     page = client.get("/feed").text
     return page.split('name="csrf-token" content="')[1].split('"')[0]
@@ -51,16 +56,34 @@ def test_pages_need_a_login_and_a_wrong_password_is_refused(app_client: TestClie
     res = app_client.get("/cameras", follow_redirects=False)
     assert res.status_code == 303 and res.headers["location"].startswith("/login")
     assert app_client.get("/api/feed").status_code == 401
-    bad = app_client.post("/login", data={"username": "op", "password": "wrong"}, follow_redirects=False)
+    no_token = app_client.post("/login", data={"username": "op", "password": PASSWORDS["op"]}, follow_redirects=False)
+    assert no_token.status_code == 403  # login CSRF: the form's token is required too
+    csrf = form_csrf(app_client)
+    bad = app_client.post("/login", data={"username": "op", "password": "wrong", "csrf": csrf}, follow_redirects=False)
     assert bad.status_code == 401 and "login-error" in bad.text
-    nobody = app_client.post("/login", data={"username": "nobody", "password": "x"}, follow_redirects=False)
+    nobody = app_client.post("/login", data={"username": "nobody", "password": "x", "csrf": csrf},
+                             follow_redirects=False)
     assert nobody.status_code == 401
-    ok = app_client.post("/login", data={"username": "op", "password": PASSWORDS["op"]}, follow_redirects=False)
+    ok = app_client.post("/login", data={"username": "op", "password": PASSWORDS["op"], "csrf": csrf},
+                         follow_redirects=False)
     assert ok.status_code == 303
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie  # plain HTTP here
     assert "default-src 'self'" in ok.headers["content-security-policy"]
     assert app_client.get("/cameras").status_code == 200
+
+
+def test_repeated_wrong_passwords_lock_the_login_for_a_while(app_client: TestClient) -> None:
+    csrf = form_csrf(app_client)
+    for _ in range(5):
+        res = app_client.post("/login", data={"username": "dpo", "password": "guess", "csrf": csrf})
+        assert res.status_code == 401
+    right = app_client.post("/login", data={"username": "dpo", "password": PASSWORDS["dpo"], "csrf": csrf},
+                            follow_redirects=False)
+    assert right.status_code == 429 and "Too many failed attempts" in right.text
+    other = app_client.post("/login", data={"username": "op", "password": PASSWORDS["op"], "csrf": csrf},
+                            follow_redirects=False)
+    assert other.status_code == 303  # only that login name is held back
 
 
 def test_posts_without_the_sessions_csrf_token_are_refused(app_client: TestClient, console_settings: Settings) -> None:

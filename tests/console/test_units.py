@@ -45,6 +45,20 @@ def test_csrf_tokens_compare_exactly() -> None:
     assert not auth.csrf_ok(token, token[:-1]) and not auth.csrf_ok(token, None) and not auth.csrf_ok(None, None)
 
 
+def test_throttle_refuses_a_login_after_five_failures_until_the_window_passes() -> None:
+    now = [0.0]
+    throttle = auth.Throttle(limit=5, window_s=300, clock=lambda: now[0])
+    for _ in range(5):
+        assert throttle.allowed("op")
+        throttle.failed("op")
+    assert not throttle.allowed("op") and throttle.allowed("analyst")
+    now[0] = 301.0
+    assert throttle.allowed("op")
+    throttle.failed("op")
+    throttle.succeeded("op")
+    assert throttle.failures == {}
+
+
 def test_bad_console_settings_fail_at_start_with_the_field_path() -> None:
     with pytest.raises(ConfigError, match=r"console\.users\.bob\.password_hash"):
         load_settings(None, {"console.users": {"bob": {"role": "operator", "password_hash": "plain"}}})
