@@ -41,6 +41,7 @@ def _steps(config: Path, procs: Procs, workdir: Path, scale: Scale, report: Repo
     from citystream.bench import ingest_bench as ib
     from citystream.bench import store_bench as sb
     from citystream.bench import vision_bench as vb
+    from citystream.bench import worker_bench as wb
     from citystream.bench import worker_loop as wl
 
     def ceiling(key: str) -> float | None:
@@ -76,6 +77,10 @@ def _steps(config: Path, procs: Procs, workdir: Path, scale: Scale, report: Repo
         ("JPEG decode, plates, faces, accuracy", ["ceiling:jpeg_decode", "plates_fps", "faces_fps",
                                                   "plate_accuracy"],
          lambda: vb.vision_in_child(scale.vision_frames, scale.accuracy_n)),
+        ("alert latency, idle and behind a frame backlog", ["alert_p99_s_idle", "alert_p99_s_frame_backlog"],
+         lambda: wb.alert_latency(config, procs, scale.name)),
+        ("worker pause while a second one joins", ["rebalance_pause_s"],
+         lambda: wb.rebalance_pause(config, procs, scale.name)),
         ("worker restarts with a backlog (loop)", ["worker_restarts"],
          lambda: wl.restarts_entry(config, procs, scale.name)),
         ("worker rebalances under load (loop)", ["worker_rebalances"],

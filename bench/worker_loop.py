@@ -71,6 +71,10 @@ def calibrated(s: Settings, procs: Procs, worker: Worker, jpegs: int, seed: int)
     return feed, outputs, checker
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Tally:
     """Counts of one loop."""
@@ -92,9 +96,16 @@ class Tally:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def note(self, run: int, what: str) -> None:
-        """Remember a failure (the first 20 are kept)."""
+        """Remember a failure (the first 20 are kept) and report it at once."""
+        _stderr(f"run {run}: {what}"[:400])
         if len(self.failures) < 20:
             self.failures.append(f"run {run}: {what}"[:400])
+
+    def summary(self) -> str:
+        """The counts so far on one line."""
+        return (f"ok {self.ok}, stalls {self.stalls}, watchdog exits {self.watchdog_exits}, other exits "
+                f"{self.other_exits}, lost {self.lost}, committed without output {self.committed_without_output}, "
+                f"rebalances {self.rebalances}, sigterm {self.sigterm}, sigkill {self.sigkill}")
 
     def exit_code(self, run: int, code: int | None, kill: bool) -> None:
         """Count a worker's exit: 3 is the watchdog's; a SIGTERM must give 0."""
@@ -162,7 +173,7 @@ def restart_loop(config: Path, procs: Procs, runs: int, frames: int, seed: int =
             if not worker.alive() or not check.all_committed:
                 worker.stop(True)  # a fresh start for the next run
                 worker.start()
-            progress(f"restart {run}/{runs}: {tally.ok} ok, {tally.stalls} stalls, {tally.lost} lost")
+            progress(f"restart {run}/{runs}: {tally.summary()}")
     finally:
         if worker.alive():
             tally.exit_code(runs + 1, worker.stop(False), False)
@@ -252,7 +263,7 @@ def rebalance_loop(config: Path, procs: Procs, runs: int, seed: int = 41,
                 a.stop(True)  # a fresh start for the next run
                 a.start()
                 a.wait_ready(180)
-            progress(f"rebalance {run}/{runs}: {tally.ok} ok, {tally.stalls} stalls, pause {pauses[-1]:.1f} s")
+            progress(f"rebalance {run}/{runs}: {tally.summary()}, pause {pauses[-1]:.1f} s")
     finally:
         if a.alive():
             tally.exit_code(runs + 1, a.stop(False), False)
@@ -279,15 +290,11 @@ def _entry(t: Tally, runs: int, what: str) -> Entry:
             "measured": what, "failures": t.failures, **t.extra}
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def restarts_entry(config: Path, procs: Procs, scale: str, progress: Callable[[str], None] = _stderr
                    ) -> dict[str, Entry]:
     """The restart loop at the scale's count, as ``worker_restarts``."""
     runs = RUNS[scale][0]
-    t = restart_loop(config, procs, runs, 6, progress=progress)
+    t = restart_loop(config, procs, runs, 4, progress=progress)
     out = _entry(t, runs, "restarts with a backlog; static member id; SIGTERM/kill -9 mix")
     return {"worker_restarts": {**out, "rebalanced_restarts": t.rebalanced_restarts}}
 
