@@ -70,11 +70,14 @@ def _subject(pairs: list[Pair]) -> str:
     return "plate:" + ",".join(sorted({p for _t, p in pairs}))
 
 
-def _record(settings: Settings, entry: audit.AuditEntry) -> None:
+def _record(settings: Settings, entry: audit.AuditEntry, after_error: bool = False) -> None:
+    """Audit ``entry``; a write failure ends the command (after a failed action: a warning, the action's error wins)."""
     try:
         audit.record(settings, entry)
     except (StoreError, ValueError) as exc:
-        fail(f"the audit entry could not be written: {exc}")
+        if not after_error:
+            fail(f"the audit entry could not be written: {exc}")
+        click.echo(f"citystream: the audit entry of the failed {entry.action} could not be written: {exc}", err=True)
 
 
 def plate_options(func: Any) -> Any:
@@ -114,7 +117,7 @@ def search_cmd(ctx: click.Context, registration: str, province: str, tenant: str
         pairs = plate_pairs(settings, registration, province, tenant)
         found = search(settings, pairs)
     except StoreError as exc:
-        _record(settings, audit.AuditEntry(subject="plate", details={"error": str(exc)[:500]}, **entry))
+        _record(settings, audit.AuditEntry(subject="plate", details={"error": str(exc)[:500]}, **entry), True)
         fail(str(exc))
     counts = {table: len(rows) for table, rows in found.items()}
     _record(settings, audit.AuditEntry(subject=_subject(pairs), details={"counts": counts}, **entry))
@@ -159,7 +162,7 @@ def erase_cmd(ctx: click.Context, registration: str, province: str, tenant: str 
         result = call(settings, "erase", {"pairs": pairs}) if pairs else {"counts": {}, "frame_refs": []}
     except StoreError as exc:
         _record(settings, audit.AuditEntry(subject=_subject(pairs) if pairs else "plate",
-                                           details={"error": str(exc)[:500]}, **entry))
+                                           details={"error": str(exc)[:500]}, **entry), True)
         fail(str(exc))
     counts = {table: int(result["counts"].get(table, 0)) for table in SEARCHED}
     files, missing = delete_frames(settings.sink.frames_dir, [str(r) for r in result["frame_refs"]])

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -49,6 +49,7 @@ _TENANT = re.compile(r"^[a-z0-9-]{1,64}$")
 _MUTATION = {"mutations_sync": 2}
 _lock = threading.Lock()
 _writers: dict[str, Any] = {}
+_last_at = datetime.min.replace(tzinfo=UTC)
 
 
 class PrivacyOpError(StoreError):
@@ -180,7 +181,9 @@ def _append_audit(client: Any, database: str, entry: Any) -> dict[str, Any]:
     details = entry.get("details") or {}
     if not isinstance(details, dict):
         raise PrivacyOpError("audit: 'details' must be an object")
-    at = datetime.now(UTC)
+    global _last_at
+    at = max(datetime.now(UTC), _last_at + timedelta(milliseconds=1))  # this process's entries keep their order
+    _last_at = at
     row = [at, *texts, orjson.dumps(details, default=str).decode()]
     client.insert(AUDIT_TABLE, [row], column_names=list(AUDIT_COLUMNS), database=database)
     return {"at": at.isoformat()}

@@ -164,3 +164,16 @@ def test_a_stored_plate_is_found_erased_everywhere_and_both_actions_are_audited(
     log = privacy(sink.config, "audit", "--json", "--limit", "2")
     assert [e["action"] for e in log] == ["privacy.erase", "privacy.search"]
     assert datetime.fromisoformat(log[0]["at"]) <= datetime.now(UTC)
+
+
+@pytest.mark.integration
+def test_a_request_on_an_unreachable_store_fails_with_its_reason_and_says_the_audit_failed(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"clickhouse: {{dsn: 'chdb://{tmp_path / 'none'}'}}\nworker: {{pseudonym_keys: {{'*': k}}}}\n")
+    for args in (["search"], ["erase", "--reason", "request 1/2569"]):
+        res = citystream("privacy", *args, *plate_args(OTHER), config=cfg, check=False)
+        assert res.returncode == 1, res.stderr
+        assert "no embedded store" in res.stderr and "audit entry of the failed" in res.stderr
+    res = citystream("privacy", "erase", *plate_args(OTHER), config=cfg, check=False)
+    assert res.returncode == 2 and "--reason" in res.stderr  # bad usage before anything is touched
+    assert not (tmp_path / "none").exists()
