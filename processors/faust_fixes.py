@@ -44,23 +44,6 @@ committable (an offset committed with no output). Two more changes, applied with
   logic cannot make an unprocessed record committable (a record counts as handed over only when the
   conductor finished with it, not when a rebalance's ``suspend_flow`` cut the hand-over short).
 
-Commits past unprocessed records on rebalance (issue 14, found by ``citystream bench --only worker_rebalances``:
-a ``raw.frames`` offset committed without its plate read, a sensor series committed without its alerts): a
-stream *skips* an event whose message belongs to an older consumer generation or arrives while flow control is
-suspended (``Stream._py_aiter``: records fetched before a rebalance, still in an agent's queue or handed over
-while the rebalance runs) and then **acknowledges** it, though no agent processed it. ``on_partitions_revoked``
-has already dropped the partition's acked offsets and committed offset, so that acknowledgement starts fresh
-bookkeeping with no committed offset to check against; the revocation's own commit (or, when the partition is
-assigned to this worker again, the next one) moves the group past the skipped record, and the seek after the
-assignment starts behind it: never processed, never read again. A third change, applied with the others:
-
-* the consumer ignores the acknowledgement of a message no stream took (``message.tracked`` false: a stream
-  tracks a message only after the skip test) while the skip's condition holds (older generation or flow
-  suspended; nothing is awaited between the skip and its acknowledgement), so a skipped record stays
-  uncommitted and is read again after the seek that follows every assignment. This relies on one agent per
-  input topic (true here): with two agents on a topic, one agent's skip could complete the acknowledgement of
-  a message the other processed.
-
 Flow control itself (checked, ``tests/processors/test_flow_control.py``): a partition removed by
 ``Consumer.on_buffer_full`` comes back only through its queue's pending pressure-drop callback, which
 ``clear()`` keeps; it fires when the agent's get finds the queue at or below 40 % of
@@ -97,8 +80,6 @@ guard_stale_writes = True
 reread_dropped = True
 #: True in production: a gap never covers records the loop delivered nor the one it is delivering.
 exact_gaps = True
-#: True in production: a message a stream skipped (older generation, flow suspended) is not acknowledged.
-ack_processed_only = True
 
 
 def faust_version() -> str:
@@ -165,8 +146,6 @@ def apply() -> bool:
     FlowControlEvent.resume = _resume_keeping_queues
 
     base = fc.Consumer
-    _state["upstream_ack"] = base.ack
-    base.ack = _ack_processed_only
     _state["upstream_drain_messages"] = base._drain_messages
     base._drain_messages = _drain_messages
     base.perform_seek = _counting_seeks(base.perform_seek, lambda self, args: self.assignment())
@@ -178,26 +157,6 @@ def apply() -> bool:
     _state.update(applied=True, version=version)
     log.debug("faust consumer fix applied", extra={"faust": version})
     return True
-
-
-def upstream_ack() -> Any:
-    """Faust's own ``Consumer.ack`` (the current one while the patch is not applied)."""
-    from faust.transport import consumer as fc
-
-    return _state.get("upstream_ack") or fc.Consumer.ack
-
-
-def _ack_processed_only(self: Any, message: Any) -> bool:
-    """``Consumer.ack`` that ignores a message no stream took (skipped: it is read again after the next seek)."""
-    app = self.app
-    if ack_processed_only and not message.tracked and (
-            not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id):
-        skipped = self.__dict__.setdefault("_citystream_skipped", Counter())
-        skipped[message.tp] += 1
-        log.debug("skipped record not acknowledged", extra={"topic": message.topic, "partition": message.partition,
-                                                            "offset": message.offset})
-        return False
-    return bool(_state["upstream_ack"](self, message))
 
 
 def seek_counts(consumer: Any) -> Counter[Any]:

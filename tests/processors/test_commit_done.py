@@ -9,8 +9,10 @@ a restart finished the rest (issue 14: an offset committed with its plate read m
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +100,69 @@ def test_no_committed_frame_lacks_its_outputs_after_a_kill(settings: Settings, t
     assert all(after.get(frame_of[pos]) for pos in where[1::2]), "every truncated frame has its dead letter"
     assert sum(bool(after.get(frame_of[pos])) for pos in where[0::2]) >= 10, "plate scenes give plate reads"
     assert done_at_kill and len(done_at_kill) < len(where), (at_kill, "the kill came in the middle of the backlog")
+
+
+def skipped_during_rebalance(tmp_path: Path) -> tuple[list[int], int | None]:
+    """Faust's real stream over frames 4..7 fetched before a rebalance (generation 1), read in generation 2.
+
+    As ``Consumer.on_partitions_revoked`` does, the partition's committed offset (4) and acked offsets are
+    dropped first, so nothing would stop a commit past them. Returns the offsets the consumer holds as
+    acknowledged and the offset it would commit.
+    """
+    from faust.events import Event
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from tests.processors.test_flow_control import FRAMES, make_consumer
+
+    async def scenario() -> tuple[list[int], int | None]:
+        tp = TP(FRAMES, 0)
+
+        async def unused(_: Any) -> None:
+            return None
+
+        app, consumer = make_consumer(tmp_path, unused, {tp: 8}, {tp: 4})
+        app.consumer = consumer
+        app.topics.acking_topics.add(FRAMES)
+        for done in (consumer._committed_offset, consumer._acked, consumer._acked_index):  # revoked
+            done.pop(tp, None)
+        app.consumer_generation_id = 2
+        app.flow_control.resume()
+        stream = app.stream(app.channel(maxsize=10)).noack()
+        queue = stream.channel.queue
+        for offset in range(4, 8):
+            message = ConsumerMessage(FRAMES, 0, offset, 0.0, 0, [], b"k", b"v", None, generation_id=1)
+            message.incref()
+            queue.put_nowait(Event(app, b"k", b"v", {}, message))
+        processed: list[int] = []
+
+        async def agent() -> None:
+            async for value in stream:
+                processed.append(len(value))
+
+        task = asyncio.ensure_future(agent())
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if queue.empty():
+                break
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert queue.empty() and not processed, "the stream took every event and skipped it"
+        return sorted(consumer._acked.get(tp, [])), consumer._new_offset(tp)
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.unit
+def test_a_stream_does_not_acknowledge_records_it_skipped_after_a_rebalance(tmp_path: Path) -> None:
+    """Canary: the stream iterator the worker uses (Faust's compiled one) leaves skipped records unacknowledged.
+
+    Faust's pure-Python iterator (``Stream._py_aiter``) acknowledges them, which would let the group commit
+    past records no agent processed; the worker relies on the compiled iterator being in use.
+    """
+    import faust.streams
+
+    assert faust.streams._CStreamIterator is not None, "Faust's compiled stream iterator is not installed"
+    acked, commit = skipped_during_rebalance(tmp_path)
+    assert acked == [] and commit is None
