@@ -55,7 +55,7 @@ def audit(settings: Settings, user: User, entry: Audit) -> None:
         store.check_reachable(settings)
         record(settings, AuditEntry(actor=f"console:{user.login}", action=entry.action, subject=entry.subject,
                                     reason=entry.reason, legal_basis=entry.legal_basis, tenant=entry.tenant,
-                                    details={"role": user.role, **entry.details}))
+                                    details={"role": user.role, "name": user.name, **entry.details}))
     except Exception as exc:
         log.error("console: audit record failed", extra={"action": entry.action, "error": str(exc)[:300]})
         raise ActionError(f"the audit log could not be written ({exc}); action refused") from exc

@@ -8,7 +8,9 @@ security policy allows scripts, styles and images from the console itself only.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from citystream.console.feed import Feed
 from citystream.console.labels import label, plain
 from citystream.settings import Settings
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "citystream_console"
 HEADERS = {
@@ -163,19 +166,40 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def restore_actions(settings: Settings, feed: Feed, stop: threading.Event, retry_s: float = 10.0) -> None:
+    """Load the console's alert acknowledgements and closures from the audit log once the store answers."""
+    from citystream.audit import entries
+    from citystream.console.store import check_reachable
+
+    while not stop.is_set():
+        try:
+            check_reachable(settings)
+            count = feed.restore(entries(settings, limit=10_000))
+            log.info("console: alert actions restored from the audit log", extra={"count": count})
+            return
+        except Exception as exc:  # store not there yet (no sink), audit table missing: try again later
+            log.info("console: audit log not readable yet", extra={"error": str(exc)[:200]})
+        stop.wait(retry_s)
+
+
 def create_app(settings: Settings, feed: Feed | None = None, run_feed: bool = True) -> Starlette:
     """The console app on ``settings``; starts ``feed``'s Kafka reader for its lifetime when ``run_feed``."""
     from citystream.console import live, pages
 
     feed = feed or Feed(settings)
 
+    stop = threading.Event()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_feed:
             feed.start()
+            threading.Thread(target=restore_actions, args=(settings, feed, stop), name="console-restore",
+                             daemon=True).start()
         try:
             yield
         finally:
+            stop.set()
             if run_feed:
                 feed.stop()
 

@@ -192,6 +192,30 @@ class Feed:
         self._notify()
         return item
 
+    def restore(self, audit_rows: list[dict[str, Any]]) -> int:
+        """Acknowledgements and closures from audit log rows, so a restart keeps them; returns how many."""
+        restored = 0
+        with self.lock:
+            for row in audit_rows:
+                action, actor = str(row.get("action", "")), str(row.get("actor", ""))
+                if action not in ("alert.acknowledge", "alert.close") or not actor.startswith("console:"):
+                    continue
+                state = self.actions.setdefault(str(row.get("subject", "")), AlertAction())
+                raw = row.get("details")
+                details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                who, at = str(details.get("name") or actor.removeprefix("console:")), row.get("at")
+                if action == "alert.acknowledge" and not state.acked_by:
+                    state.acked_by, state.acked_at = who, at
+                    restored += 1
+                elif action == "alert.close" and not state.closed_by:
+                    state.closed_by, state.closed_at = who, at
+                    restored += 1
+            for alert_id in self.actions:
+                if alert_id in self.items:
+                    self._put(self.items[alert_id])
+        self._notify()
+        return restored
+
     # -- reading ---------------------------------------------------------------------------------------------------
 
     def changed_since(self, version: int) -> tuple[int, list[FeedItem]]:

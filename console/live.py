@@ -46,7 +46,8 @@ def present(item: FeedItem, user: User, feed: Feed) -> dict[str, Any]:
     else:
         action = feed.actions.get(item.id)
         doc.update({k: item.data[k] for k in ("alert_type", "severity", "state", "message", "value", "threshold")})
-        doc["can_act"] = user.can("alerts.act") and item.data["state"] == "raised"
+        doc["can_act"] = user.can("alerts.act") and item.data["state"] == "raised" and not (
+            action is not None and action.closed_by)
         if action is not None:
             doc.update(acked_by=action.acked_by, closed_by=action.closed_by)
     return doc

@@ -166,6 +166,13 @@ def test_plate_text_only_for_allowed_roles_and_alerts_acknowledged_and_closed_wi
     assert read.plate_pseudonym[:12] in body
     assert app_client.post(f"/alerts/{alert.event_id}/ack", headers={"X-CSRF-Token": csrf}).status_code == 403
 
+    with TestClient(create_app(console_settings), base_url="http://testserver") as restarted:
+        login(restarted, "op")  # a new console: the acknowledgement comes back from the audit log
+        again = wait_for(lambda: (f := _feed(restarted)).get(alert.event_id, {}).get("acked_by") and f,
+                         "the acknowledgement restored from the audit log")
+        assert (again[alert.event_id]["acked_by"], again[alert.event_id]["closed_by"]) == ("op user", "op user")
+        assert again[alert.event_id]["can_act"] is False  # closed: nothing left to do
+
 
 def _alerts_in_kafka(settings: Settings) -> list[Alert]:
     name = settings.kafka.topic(topics.ALERTS)
