@@ -217,3 +217,25 @@ def test_watchlist_edits_go_through_the_watchlist_topic_with_reason_basis_and_ex
     actions = [(e["action"], e["subject"], e["reason"]) for e in audit.entries(console_settings)]
     assert ("watchlist.add_plate", entry_id, "hit and run 6 Dec") in actions
     assert ("watchlist.remove_plate", entry_id, "vehicle recovered") in actions
+
+
+def test_a_face_is_enrolled_from_a_photo_as_a_template_only(app_client: TestClient, console_settings: Settings) -> None:
+    from skimage import data
+
+    photo = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(photo, format="PNG")
+    csrf = login(app_client, "admin")
+    fields = {"tenant": "nakhon-rangsit", "label": "missing person", "reason": "missing person report 88/2569",
+              "legal_basis": "PDPA s.24(4) vital interest", "expires": "7d", "csrf": csrf}
+    res = app_client.post("/watchlists/face", data=fields, files={"photo": ("a.png", photo.getvalue(), "image/png")},
+                          follow_redirects=False)
+    assert res.status_code == 303, res.text
+    faces = [watchlists.decode(raw) for raw in watchlists.read_all(console_settings).values()]
+    [entry] = [e for e in faces if e.kind == "face"]
+    assert entry.embedding is not None and len(entry.embedding) == 128 and entry.label == "missing person"
+    assert entry.reason == "missing person report 88/2569" and entry.created_by == "console:admin"
+    blank = io.BytesIO()
+    Image.new("RGB", (200, 200), (120, 120, 120)).save(blank, format="PNG")
+    res = app_client.post("/watchlists/face", data=fields, files={"photo": ("b.png", blank.getvalue(), "image/png")})
+    assert res.status_code == 400 and "face" in res.text  # no face: a clear error, nothing written
+    assert len([raw for raw in watchlists.read_all(console_settings).values()]) == 1
