@@ -97,14 +97,6 @@ def print_json(doc: Any) -> None:
     click.echo(orjson.dumps(doc, default=str).decode())
 
 
-def _unfinished(name: str, help_text: str) -> click.Command:
-    def run() -> None:
-        fail(f"'{name}' is not implemented yet in this version", 1)
-
-    return click.Command(name, callback=run, help=f"{help_text} (not implemented yet)",
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-
-
 def _address(server: str, settings: Settings | None) -> str:
     if settings is None:
         return "(settings not loaded)"
@@ -173,6 +165,8 @@ class LazyGroup(click.Group):
         """Run the subcommand; a known Kafka/ClickHouse/MQTT failure prints one line on stderr and exits 1."""
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:  # raised after settings loaded, e.g. a metrics port already taken
+            fail(str(exc), 2)
         except Exception as exc:
             message = server_failure(exc, ctx.meta)
             if message is None:
@@ -192,13 +186,12 @@ class LazyGroup(click.Group):
         """Import and return one subcommand."""
         if cmd_name not in SUBCOMMANDS:
             return None
-        module_name, attr, help_text = SUBCOMMANDS[cmd_name]
+        module_name, attr, _help = SUBCOMMANDS[cmd_name]
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
-                raise
-            return _unfinished(cmd_name, help_text)
+        except ModuleNotFoundError as exc:  # a role's image installs only its own extra (README, Install)
+            fail(f"{cmd_name}: needs the Python module '{exc.name}', which is not installed here; "
+                 f"install the extra of this role (pip install 'citystream[...]')")
         command: click.Command = getattr(module, attr)
         return command
 

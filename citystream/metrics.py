@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 
 from citystream.httpd import Handler
-from citystream.settings import MetricsSettings
+from citystream.settings import ConfigError, MetricsSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,11 @@ def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry = REGIS
     register_build_info(registry)
     if settings.port == 0:
         return None
-    server = ThreadingHTTPServer((settings.host, settings.port), _handler(registry))
+    try:
+        server = ThreadingHTTPServer((settings.host, settings.port), _handler(registry))
+    except OSError as exc:  # e.g. the port is taken: a configuration problem, exit 2 from the CLI
+        raise ConfigError(f"metrics.port {settings.port}: cannot serve /metrics on {settings.host}: "
+                          f"{exc.strerror or exc}") from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics endpoint up", extra={"url": f"http://{settings.host}:{settings.port}/metrics"})

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.metrics import serve_metrics
-from citystream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +32,6 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def _serve(settings: Settings, registry: CollectorRegistry) -> None:
-    try:
-        serve_metrics(settings.metrics, registry)
-    except OSError as exc:
-        fail(f"metrics.port {settings.metrics.port}: cannot serve /metrics: {exc}", 2)
 
 
 def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -68,7 +60,7 @@ def gateway(ctx: click.Context, config: str | None, duration: float | None) -> N
         gw = Gateway(settings.mqtt, settings.gateway, metrics)
     except (OSError, sqlite3.Error) as exc:
         fail(f"gateway.state_dir {settings.gateway.state_dir}: cannot open the spool: {exc}", 2)
-    _serve(settings, registry)
+    serve_metrics(settings.metrics, registry)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -107,7 +99,7 @@ def simulate_cmd(ctx: click.Context, config: str | None, gateways: int, cameras:
 
     settings = settings_of(ctx)
     registry = CollectorRegistry()
-    _serve(settings, registry)
+    serve_metrics(settings.metrics, registry)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
