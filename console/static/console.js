@@ -13,9 +13,9 @@ function text(tag, cls, value) {
   return el;
 }
 
-function renderItem(item, labels) {
+function renderItem(item, labels, prefix) {
   const li = document.createElement("li");
-  li.id = "item-" + item.id;
+  li.id = prefix + item.id;
   li.dataset.at = item.at;
   li.dataset.kind = item.kind;
   li.className = "item " + item.kind + (item.hit ? " hit" : "") + (item.severity ? " " + item.severity : "");
@@ -64,8 +64,8 @@ function actionButton(item, action, caption) {
   return button;
 }
 
-function upsert(list, item, labels) {
-  const row = renderItem(item, labels);
+function upsert(list, item, labels, prefix) {
+  const row = renderItem(item, labels, prefix);
   const old = document.getElementById(row.id);
   if (old) {
     old.replaceWith(row);
@@ -88,9 +88,19 @@ function startFeed() {
   const source = new EventSource("/events");
   source.addEventListener("open", () => { state.textContent = state.dataset.live; state.className = "live"; });
   source.addEventListener("error", () => { state.textContent = state.dataset.connecting; state.className = ""; });
+  const open = document.getElementById("open-alerts");
   source.addEventListener("item", (event) => {
-    upsert(list, JSON.parse(event.data), labels);
+    const item = JSON.parse(event.data);
+    upsert(list, item, labels, "item-");
     while (list.children.length > 500) list.removeChild(list.lastChild);
+    if (item.kind !== "alert") return;
+    if (item.state === "raised" && !item.closed_by) {  // open alerts stay pinned above the feed until closed
+      upsert(open, item, labels, "open-");
+    } else {
+      const pinned = document.getElementById("open-" + item.id);
+      if (pinned) pinned.remove();
+    }
+    open.hidden = open.children.length === 0;
   });
 }
 

@@ -108,7 +108,13 @@ def test_operator_sees_cameras_and_a_live_watchlist_hit_acknowledges_it_and_an_a
     acked.wait_for()
     assert "op user" in acked.inner_text()
     assert page.locator(f"#item-{alert.event_id} button.act.ack").count() == 0
+    pinned = page.locator(f"#open-alerts #open-{alert.event_id}")  # open alerts stay pinned above the feed
+    assert "op user" in pinned.locator(".acked").inner_text()
     _shot(page, "console-feed.png", tmp_path)
+    pinned.locator("button.act.close").click()
+    page.locator(f"#item-{alert.event_id} .closed").wait_for()
+    pinned.wait_for(state="detached")
+    assert page.locator("#open-alerts").is_hidden()
 
     analyst = _login(browser, console_url, "analyst")
     analyst.click("#nav-feed")
