@@ -46,6 +46,7 @@ MAX_PAIRS = 1000
 MAX_FIELD = 4096
 _PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
 _TENANT = re.compile(r"^[a-z0-9-]{1,64}$")
+_DATABASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # as clickhouse.database; it is quoted into the SQL
 _MUTATION = {"mutations_sync": 2}
 _lock = threading.Lock()
 _writers: dict[str, Any] = {}
@@ -159,6 +160,8 @@ def run_op(client: Any, database: str, op: str, payload: Any) -> dict[str, Any]:
     """Run one operation of :data:`OPS` on a writable client; malformed requests raise PrivacyOpError."""
     if op not in OPS:
         raise PrivacyOpError(f"unknown privacy operation {op!r}; known: {', '.join(OPS)}")
+    if not _DATABASE.match(database):
+        raise PrivacyOpError(f"bad database name {database[:80]!r}")
     if not isinstance(payload, dict):
         raise PrivacyOpError("payload must be a JSON object")
     with _lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -94,6 +95,9 @@ def test_the_privacy_route_wants_the_token_and_runs_only_its_fixed_operations(st
                     orjson.dumps({"op": "audit", "payload": {"entry": {**entry, "details": [1]}}})):
             code, body = _post(url, bad, server.token)
             assert code == 400, body
+        injected = f"{server.url}/privacy?database=" + urllib.parse.quote(f"{db}`.audit_log DELETE WHERE 1 --")
+        code, body = _post(injected, good, server.token)
+        assert code == 400 and b"bad database name" in body
     finally:
         server.stop()
     got: list[dict[str, Any]] = entries(store)
