@@ -60,6 +60,12 @@ class PrivacyOpError(StoreError):
 Pair = tuple[str, str]
 
 
+def check_database(name: str) -> None:
+    """Refuse a database name that is not a plain identifier (it is quoted into SQL); PrivacyOpError."""
+    if not _DATABASE.match(name):
+        raise PrivacyOpError(f"bad database name {name[:80]!r}")
+
+
 def check_pairs(raw: Any) -> list[Pair]:
     """Validated ``(tenant, pseudonym)`` pairs (lower-case tenant names, 64 hex characters)."""
     if not isinstance(raw, (list, tuple)) or not 0 < len(raw) <= MAX_PAIRS:
@@ -160,8 +166,7 @@ def run_op(client: Any, database: str, op: str, payload: Any) -> dict[str, Any]:
     """Run one operation of :data:`OPS` on a writable client; malformed requests raise PrivacyOpError."""
     if op not in OPS:
         raise PrivacyOpError(f"unknown privacy operation {op!r}; known: {', '.join(OPS)}")
-    if not _DATABASE.match(database):
-        raise PrivacyOpError(f"bad database name {database[:80]!r}")
+    check_database(database)
     if not isinstance(payload, dict):
         raise PrivacyOpError("payload must be a JSON object")
     with _lock:

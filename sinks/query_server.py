@@ -32,7 +32,7 @@ import pyarrow.ipc as pa_ipc
 
 from citystream.clickhouse import StoreError, new_token, reader, run_readonly
 from citystream.httpd import Handler
-from citystream.privacy_store import run_op, writer
+from citystream.privacy_store import check_database, run_op, writer
 from citystream.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ class QueryServer:
                     return
                 body = self.rfile.read(length)
                 database = parse_qs(url.query).get("database", [server.ch.database])[0]
+                try:
+                    check_database(database)
+                except StoreError as exc:
+                    self.reply(400, str(exc).encode(), "text/plain; charset=utf-8")
+                    return
                 if url.path == "/query":
                     self.answer(lambda: _arrow_bytes(server.run(body.decode(errors="replace"), database)),
                                 "application/vnd.apache.arrow.stream")

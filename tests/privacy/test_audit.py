@@ -98,6 +98,8 @@ def test_the_privacy_route_wants_the_token_and_runs_only_its_fixed_operations(st
         injected = f"{server.url}/privacy?database=" + urllib.parse.quote(f"{db}`.audit_log DELETE WHERE 1 --")
         code, body = _post(injected, good, server.token)
         assert code == 400 and b"bad database name" in body
+        code, body = _post(injected.replace("/privacy?", "/query?"), b"SELECT 1", server.token)
+        assert code == 400 and b"bad database name" in body
     finally:
         server.stop()
     got: list[dict[str, Any]] = entries(store)
