@@ -67,7 +67,7 @@ def _actor(given: str | None) -> str:
 
 
 def _subject(pairs: list[Pair]) -> str:
-    return "plate:" + ",".join(sorted({p for _t, p in pairs}))
+    return "plate:" + ",".join(sorted({p for _t, p in pairs})) if pairs else "plate (no stored reads to key it)"
 
 
 def _record(settings: Settings, entry: audit.AuditEntry, after_error: bool = False) -> None:
@@ -161,12 +161,12 @@ def erase_cmd(ctx: click.Context, registration: str, province: str, tenant: str 
         pairs = plate_pairs(settings, registration, province, tenant)
         result = call(settings, "erase", {"pairs": pairs}) if pairs else {"counts": {}, "frame_refs": []}
     except StoreError as exc:
-        _record(settings, audit.AuditEntry(subject=_subject(pairs) if pairs else "plate",
+        _record(settings, audit.AuditEntry(subject=_subject(pairs),
                                            details={"error": str(exc)[:500]}, **entry), True)
         fail(str(exc))
     counts = {table: int(result["counts"].get(table, 0)) for table in SEARCHED}
     files, missing = delete_frames(settings.sink.frames_dir, [str(r) for r in result["frame_refs"]])
-    _record(settings, audit.AuditEntry(subject=_subject(pairs) if pairs else "plate", details={
+    _record(settings, audit.AuditEntry(subject=_subject(pairs), details={
         "counts": counts, "frame_files": files, "frame_files_missing": len(missing)}, **entry))
     if missing:
         click.echo(f"citystream: {len(missing)} frame file(s) not under {settings.sink.frames_dir} (pruned already, "
