@@ -89,7 +89,8 @@ def own_stack(tmp_path: Path) -> Iterator[tuple[Path, Settings]]:
     home = tmp_path / "home"
     base.write_text(yaml.safe_dump({"stack": {
         "home": str(home), "mqtt_port": free_port(), "kafka_port": free_port(),
-        "kafka_controller_port": free_port(), "kafka_jars": str(REPO / ".cache" / "kafka"), "kafka_heap": "384m"}}))
+        "kafka_controller_port": free_port(), "kafka_jars": str(REPO / ".cache" / "kafka"), "kafka_heap": "384m",
+        "test_publisher": True}}))  # the test streams publish as the test publisher, like the session stack's
     try:
         res = citystream("stack", "up", config=base, check=False, timeout=180)
         assert res.returncode == 0, f"stack up failed:\n{res.stdout}\n{res.stderr}"

@@ -21,8 +21,10 @@ import orjson
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from citystream.ingest.gateway import Gateway
+from citystream.ingest.provision import provision
 from citystream.ingest.publisher import GatewayMetrics
 from citystream.settings import Settings, dump_settings
 from citystream.settings.gateway import GatewaySettings
@@ -31,20 +33,22 @@ from tests.conftest import REPO, free_port
 from tests.ingest.test_gateway_publish import Subscriber, assert_complete_and_ordered, metric, stack_settings
 
 OUTAGE_S = 30.0
-USERS = {"gateway": "gw-secret", "bridge": "bridge-secret"}
+USERS = {"bridge": "bridge-secret"}
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[Settings]:
-    """Settings of a Mosquitto this test may stop and start (not started yet); stopped at the end."""
+    """Settings of a Mosquitto this test may stop and start (not started yet), gateway gw-fault provisioned."""
     port = free_port()
     settings = Settings.model_validate({
         "stack": {"home": str(tmp_path / "mq"), "mqtt_port": port},
         "mqtt": {"port": port, "username": "bridge", "password": USERS["bridge"], "topic_root": "own"},
-        "gateway": {"username": "gateway", "password": USERS["gateway"], "state_dir": str(tmp_path / "state")},
+        "gateway": {"gateway_id": "gw-fault", "state_dir": str(tmp_path / "state")},
         "metrics": {"port": 0}})
+    cred = provision(settings, settings.gateway.tenant, "gw-fault")  # rendered by the broker's first start
+    settings.gateway.username, settings.gateway.password = cred["username"], SecretStr(cred["password"])
     try:
         yield settings
     finally:
