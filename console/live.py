@@ -36,11 +36,11 @@ def present(item: FeedItem, user: User, feed: Feed) -> dict[str, Any]:
     entry = feed.entry(item.data.get("entry_id"))
     if entry is not None:
         doc["label"] = entry.label
+    if user.plate_text and entry is not None and entry.kind == "plate":  # a hit, or the alert naming the entry
+        doc["plate_text"] = f"{entry.registration} {entry.province}".strip()
     if item.kind == "plate":
         doc.update(pseudonym=item.data["pseudonym"][:12], hit=item.data["hit"],
                    confidence=round(item.data["confidence"], 2))
-        if user.plate_text and entry is not None and entry.kind == "plate":
-            doc["plate_text"] = f"{entry.registration} {entry.province}".strip()
     elif item.kind == "face":
         doc["distance"] = round(item.data["distance"], 3)
     else:
@@ -58,6 +58,16 @@ def visible(items: list[FeedItem], user: User) -> list[FeedItem]:
     return [i for i in items if user.sees_tenant(i.tenant)]
 
 
+def snapshot(feed: Feed, items: list[FeedItem], user: User, limit: int) -> list[FeedItem]:
+    """The ``limit`` newest visible items plus every open alert (however old), newest first."""
+    mine = visible(items, user)
+    newest = recent(mine, limit)
+    shown = {i.id for i in newest}
+    open_alerts = [i for i in mine if i.kind == "alert" and i.id not in shown and i.data["state"] == "raised"
+                   and not (i.id in feed.actions and feed.actions[i.id].closed_by)]
+    return recent(newest + open_alerts, len(newest) + len(open_alerts))
+
+
 async def feed_page(request: Request) -> Response:
     """The live feed page (filled by /events)."""
     require(request)
@@ -70,7 +80,7 @@ async def feed_json(request: Request) -> Response:
     feed: Feed = request.app.state.feed
     _version, items = feed.changed_since(0)
     limit = min(int(request.query_params.get("limit", SNAPSHOT)), 1000)
-    return JSONResponse({"items": [present(i, user, feed) for i in recent(visible(items, user), limit)]})
+    return JSONResponse({"items": [present(i, user, feed) for i in snapshot(feed, items, user, limit)]})
 
 
 def _sse(item: dict[str, Any]) -> str:
@@ -85,7 +95,7 @@ async def events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         version, items = feed.changed_since(0)
         yield "retry: 2000\n\n"
-        for item in reversed(recent(visible(items, user), SNAPSHOT)):
+        for item in reversed(snapshot(feed, items, user, SNAPSHOT)):
             yield _sse(present(item, user, feed))
         while True:
             await feed.wait(version, KEEPALIVE_S)

@@ -22,10 +22,8 @@ function renderItem(item, labels, prefix) {
   li.appendChild(text("time", "", item.at.replace("T", " ").slice(0, 19) + " UTC"));
   li.appendChild(text("span", "kind", labels.dataset[item.kind] || item.kind));
   li.appendChild(text("span", "where", item.device + (item.district ? " · " + item.district : "")));
-  if (item.kind === "plate") {
-    li.appendChild(text("span", "pseudonym", item.pseudonym));
-    if (item.plate_text) li.appendChild(text("strong", "plate-text", item.plate_text));
-  }
+  if (item.kind === "plate") li.appendChild(text("span", "pseudonym", item.pseudonym));
+  if (item.plate_text) li.appendChild(text("strong", "plate-text", item.plate_text));
   if (item.label) li.appendChild(text("span", "label", item.label));
   if (item.kind === "face") li.appendChild(text("span", "distance", "d=" + item.distance));
   if (item.kind === "alert") {

@@ -145,7 +145,7 @@ def test_plate_text_only_for_allowed_roles_and_alerts_acknowledged_and_closed_wi
     csrf = login(app_client, "op")
     items = wait_for(lambda: (f := _feed(app_client)).get(read.event_id, {}).get("plate_text") and f,
                      "the watchlist hit with its plate text in the operator's feed")
-    assert items[read.event_id]["plate_text"] == f"{REGISTRATION} ปทุมธานี"
+    assert items[read.event_id]["plate_text"] == items[alert.event_id]["plate_text"] == f"{REGISTRATION} ปทุมธานี"
     assert items[alert.event_id]["can_act"] is True
 
     assert app_client.post(f"/alerts/{alert.event_id}/ack").status_code == 403  # no CSRF token

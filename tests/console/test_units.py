@@ -95,6 +95,9 @@ def test_a_plate_hit_gets_its_entrys_plate_text_for_allowed_roles_whatever_the_a
     assert present(feed.items[read.event_id], op, feed)["plate_text"] == REGISTRATION
     seen = present(feed.items[read.event_id], analyst, feed)
     assert "plate_text" not in seen and REGISTRATION not in str(seen) and "frame" not in seen
+    alert_id = plate_alert(read, entry.entry_id).event_id
+    assert present(feed.items[alert_id], op, feed)["plate_text"] == REGISTRATION
+    assert REGISTRATION not in str(present(feed.items[alert_id], analyst, feed))
     later = plate_read(2, hit=True, at=datetime.now(UTC))  # same car again, its alert held back by the cooldown
     feed.ingest(topics.PLATE_READS, None, to_json(later))
     assert present(feed.items[later.event_id], op, feed)["plate_text"] == REGISTRATION
@@ -134,6 +137,24 @@ def test_a_console_closure_marks_the_alert_closed() -> None:
     feed.ingest(topics.ALERTS, None, to_json(cleared))
     assert feed.actions[alert.event_id].closed_by == "op user"
     assert cleared.event_id not in feed.items  # the closure updates the alert, it is no new feed item
+
+
+def test_the_snapshot_keeps_open_alerts_older_than_the_newest_items() -> None:
+    from citystream.console.live import snapshot
+
+    feed, entry = _feed(), _entry()
+    now = datetime.now(UTC)
+    old_alert = plate_alert(plate_read(1, hit=True, at=now - timedelta(minutes=5)), entry.entry_id)
+    feed.ingest(topics.ALERTS, None, to_json(old_alert))
+    for seq in range(2, 12):
+        feed.ingest(topics.PLATE_READS, None, to_json(plate_read(seq, hit=False, at=now - timedelta(seconds=seq))))
+    op = auth.user_of(console_users(), "op")
+    assert op
+    _version, items = feed.changed_since(0)
+    shown = snapshot(feed, items, op, 3)
+    assert len(shown) == 4 and shown[-1].id == old_alert.event_id  # the 3 newest reads, then the open alert
+    feed.mark(old_alert.event_id, op, "close")
+    assert old_alert.event_id not in {i.id for i in snapshot(feed, feed.changed_since(0)[1], op, 3)}
 
 
 def test_waiters_wake_on_a_change() -> None:
