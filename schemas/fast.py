@@ -25,8 +25,10 @@ is updated; a unit test fails meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
+import typing
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -223,3 +225,74 @@ def _checked(raw: bytes, doc: dict[str, Any]) -> Reading | None:
     if raw.count(b'"') != _QUOTES[len(doc)][version_given] or '"' in district:
         return None  # a repeated key (or a quote escaped in the district): the full path decides
     return event_id, version, tenant, gateway, device, seq, captured, district, metric, number
+
+
+# ---- the canonical JSON form, as one regular expression (RE2 syntax), for engines that check in bulk --------
+# A body in this form is compact JSON with the contract's fields in model order (optional ones may be left out),
+# no escapes, no unknown or repeated key, and every value of its field's JSON type and character class: what
+# the stages write (``schemas.wire.to_json``). It is derived from the model; a field of a kind not handled here
+# makes :func:`canonical_form` return None and everything takes the per-record path (a unit test fails
+# meanwhile). The pattern has no counted repetition (RE2 then keeps its fast DFA): lengths and numeric bounds
+# are in :func:`field_limits`; calendar dates and the metric's range are the caller's.
+_CLASS_PATTERN = re.compile(r"\^(\[[^\]\"\\]+\])\{(\d+)(?:,(\d+))?\}\$")
+_NAME_SAFE = re.compile(r"[a-z0-9_]+")
+JSON_TEXT = r'[^"\\\x00-\x1f]*'
+JSON_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+JSON_STAMP = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+              r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+KNOWN_VALIDATORS = {"_finite": "finite"}  # field validators whose rule the caller checks (JSON numbers are finite)
+Limit = tuple[str, int, int]
+"""(``length`` in characters | ``value``, lowest, highest), both inclusive."""
+
+
+def _value_pattern(annotation: Any, constraints: dict[str, Any]) -> tuple[str, Limit | None] | None:
+    """The pattern of one field's JSON value and its limit, or None for a kind of field not handled."""
+    if annotation is str and set(constraints) == {"pattern"}:
+        match = _CLASS_PATTERN.fullmatch(constraints["pattern"])
+        if match is None:
+            return None
+        low, high = int(match.group(2)), int(match.group(3) or match.group(2))
+        return f'"{match.group(1)}*"', ("length", low, high)
+    if annotation is str and set(constraints) <= {"max_length"}:
+        return f'"{JSON_TEXT}"', ("length", 0, constraints.get("max_length", 2**31))
+    if annotation is int and set(constraints) == {"ge", "le"} and constraints["ge"] >= 0:
+        return "(?:0|[1-9][0-9]*)", ("value", constraints["ge"], constraints["le"])
+    if annotation is float and not constraints:
+        return JSON_NUMBER, None
+    if annotation is datetime and constraints == {"before": "_rfc3339", "after": "_utc_ms"}:
+        return f'"{JSON_STAMP}"', None
+    if isinstance(annotation, type) and issubclass(annotation, enum.StrEnum) and not constraints:
+        values = [m.value for m in annotation]
+        return ('"(?:' + "|".join(values) + ')"', None) if all(_NAME_SAFE.fullmatch(v) for v in values) else None
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal and len(args) == 1 and _NAME_SAFE.fullmatch(str(args[0])):
+        return f'"{args[0]}"', None
+    return None
+
+
+def canonical_form(model: type[BaseModel]) -> tuple[str, dict[str, Limit]] | None:
+    """An RE2 pattern of the canonical JSON form of ``model`` and its fields' limits, or None if not derivable."""
+    fields, (field_validators, model_validators) = describe(model)
+    if model.model_config.get("extra") != "forbid" or model_validators:
+        return None
+    if not set(field_validators) <= set(KNOWN_VALIDATORS):
+        return None
+    parts, limits = [], {}
+    for index, (name, (annotation, default, constraints)) in enumerate(fields.items()):
+        found = _value_pattern(annotation, constraints)
+        if found is None or not _NAME_SAFE.fullmatch(name):
+            return None
+        value, limit = found
+        if limit is not None:
+            limits[name] = limit
+        member = f'{"," if index else ""}"{name}":{value}'
+        if default is REQUIRED:
+            parts.append(member)
+        elif index:
+            parts.append(f"(?:{member})?")
+        else:
+            return None  # an optional first member would need its comma on the next one
+    return "^\\{" + "".join(parts) + "\\}$", limits
+
+
+READING_FORM = canonical_form(SensorReading) if ENABLED else None

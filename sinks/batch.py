@@ -102,11 +102,43 @@ class TableRows:
 
 
 @dataclass
+class RawRows:
+    """Records of one table kept as their JSON bytes, for the store to check and parse in bulk.
+
+    ``messages`` are the Kafka records themselves (their key and headers are read only when one needs
+    the per-record path or the DLQ).
+    """
+
+    table: str
+    values: list[bytes] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """How many records."""
+        return len(self.values)
+
+    def to_arrow(self) -> pa.Table:
+        """The records as ``raw`` (binary), ``n`` (position), ``kafka_partition`` and ``kafka_offset``."""
+        return pa.table({"raw": pa.array(self.values, pa.binary()), "n": pa.array(range(self.rows), pa.uint32()),
+                         "kafka_partition": pa.array(self.partitions, pa.uint16()),
+                         "kafka_offset": pa.array(self.offsets, pa.uint64())})
+
+    def source(self, index: int) -> Source:
+        """Where record ``index`` came from."""
+        msg = self.messages[index]
+        return (msg.topic(), msg.key(), self.values[index], msg.headers())
+
+
+@dataclass
 class Window:
     """Rows per table, dead letters and offset ranges since the last commit."""
 
     clock: Callable[[], float] = time.monotonic
     tables: dict[str, TableRows] = field(default_factory=dict)
+    raw: dict[str, RawRows] = field(default_factory=dict)
     ranges: dict[TopicPartition, list[int]] = field(default_factory=dict)
     dead: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
     size_bytes: int = 0
@@ -138,6 +170,17 @@ class Window:
         if rows is None:
             rows = self.tables[table] = TableRows.empty(table)
         rows.append_values(values, source)
+        self.rows += 1
+
+    def add_raw(self, table: str, value: bytes, partition: int, offset: int, message: Any) -> None:
+        """Add a record for ``table`` as its JSON bytes, to be checked and parsed by the store."""
+        raw = self.raw.get(table)
+        if raw is None:
+            raw = self.raw[table] = RawRows(table)
+        raw.values.append(value)
+        raw.partitions.append(partition)
+        raw.offsets.append(offset)
+        raw.messages.append(message)
         self.rows += 1
 
     def add_dead(self, topic: str, key: bytes | None, value: bytes) -> None:

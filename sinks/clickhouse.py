@@ -6,27 +6,33 @@ Delivery guarantee (effectively exactly once in the analyst views):
    ``dlq`` (with ``kafka.topic_prefix``) collect in a window, per target table, until
    ``sink.batch_rows`` / ``batch_bytes`` / ``batch_age_s``. Frames with detections go to the
    claim-check store by their own rules (:mod:`citystream.sinks.frames`). Each record is checked
-   against its contract: sensor readings first by a fast path (:mod:`citystream.sinks.fast`) that
-   accepts only what the pydantic contract accepts and builds the same row; anything it cannot prove
-   valid takes the full contract path, which alone decides poison records and their DLQ reasons.
-2. Flush: the window's offset ranges go to ``_sink_windows`` (write-ahead), each table block goes in
-   with ``insert_arrow`` and an ``insert_deduplication_token`` derived from table + ranges, refused
+   against its contract. Sensor readings are kept as their bytes: ClickHouse checks a whole block of
+   them against the contract's canonical JSON form and parses the ones that pass
+   (:class:`citystream.sinks.fast.BulkJson`, no Python per record); any record it does not pass takes
+   the full contract path, which alone decides poison records and their DLQ reasons.
+2. Flush: a full window is handed to the inserter thread while the next one fills (one window in
+   flight at most: the consumer waits when the store is slower). There the window's offset ranges go
+   to ``_sink_windows`` (write-ahead) and each table block goes in with an
+   ``insert_deduplication_token`` derived from table + ranges. Back on the consumer's thread, refused
    rows and records failing their contract are produced to the DLQ (stage ``sink``) and delivery is
-   confirmed, and only then are the offsets committed (synchronously; a failed commit is retried, then
-   counted and logged: the rows are stored, so a later commit covers them or a re-read is deduplicated).
+   confirmed, and only then are the window's offsets committed (synchronously; a failed commit is
+   retried, then counted and logged: the rows are stored, so a later commit covers them or a re-read is
+   deduplicated). Windows are committed in order, so at most one logged window is uncommitted.
 3. A crash anywhere before the commit re-delivers the window. The restarted sink rebuilds exactly the
    logged window (:mod:`citystream.sinks.replay`), so the same tokens make ClickHouse drop the repeated
    blocks. Copies that still land (a bridge retry in another batch, a window that could not be rebuilt)
    share event_id and sorting key; ReplacingMergeTree and the ``v_*`` views (FINAL) hide them.
 4. Store outages back off and retry the same block; nothing is committed meanwhile (Kafka holds the
-   data). A poison record never blocks its partition: it is dead-lettered and its offset committed.
+   data). A stage error (a bug, not the data's fault nor the store's) is retried a few times, then the
+   sink exits 1 without committing and logs why (:mod:`citystream.sinks.writer`). A poison record
+   never blocks its partition: it is dead-lettered and its offset committed.
    A malformed record on the DLQ topic itself is stored in ``dead_letters`` directly (no DLQ loop).
 5. Rebalance: revoked partitions are flushed and committed first; lost partitions drop the window
    uncommitted (the new owner re-reads it). Kafka errors (a broker restart, a moving coordinator, a
    dead predecessor still in the group) are transient everywhere in the loop: lookups are retried
    with backoff and the sink stays up; only a store that keeps failing until SIGTERM stops it.
-6. Test-only crash point: ``sink.crash_after_inserts=N`` SIGKILLs the process right after the Nth
-   window is inserted, before its dead letters and its commit (the fault tests use it).
+6. Fault tests crash the sink through :meth:`Sink.inserted`, called after a window's inserts and before
+   its dead letters and its commit (a subclass in the test harness SIGKILLs itself there).
 7. SIGTERM/SIGINT: flush, commit, exit 0. On ``chdb://`` the sink owns the store and serves the
    read-only query endpoint (:mod:`citystream.sinks.query_server`).
 """
@@ -34,11 +40,10 @@ Delivery guarantee (effectively exactly once in the analyst views):
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -50,13 +55,13 @@ from citystream.schemas.events import DeadLetter
 from citystream.schemas.migrate import migrate
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings
-from citystream.sinks.batch import Window
+from citystream.sinks.batch import RawRows, Window
 from citystream.sinks.frames import FrameArchiver
 from citystream.sinks.metrics import SinkMetrics
 from citystream.sinks.query_server import QueryServer
 from citystream.sinks.replay import Replay, pending_window
 from citystream.sinks.rows import ROUTES, PoisonRecord, to_row
-from citystream.sinks.writer import PoisonRow, Stopped, Writer
+from citystream.sinks.writer import PoisonRow, StageError, Stopped, Writer
 
 log = logging.getLogger(__name__)
 SOURCE_TOPICS = (topics.RAW_READINGS, topics.DEVICE_STATUS, topics.PLATE_READS, topics.FACE_MATCHES,
@@ -89,7 +94,8 @@ class Sink:
         self.window = Window(clock)
         self.replay: Replay | None = None
         self.assigned: set[tuple[str, int]] = set()
-        self.windows_inserted = 0
+        self.inserter = ThreadPoolExecutor(1, thread_name_prefix="sink-insert")
+        self.in_flight: tuple[Window, Future[list[PoisonRow]]] | None = None
         self.consumer: Any = None
         self.producer: Any = None
         self.writer: Writer | None = None
@@ -124,6 +130,7 @@ class Sink:
             with clickhouse.advertise(ch, server.url if server else "", server.token if server else ""):
                 code = self._loop()
         finally:
+            self.inserter.shutdown(wait=True)
             if self.frames is not None:
                 self.frames.close()
             self.consumer.close()
@@ -142,12 +149,17 @@ class Sink:
                     if self.replay.complete():
                         self._finish_replay()
                 elif self.window.is_full(limits.batch_rows, limits.batch_bytes, limits.batch_age_s):
-                    self.flush()
+                    self._hand_off()
+                if self.in_flight is not None and self.in_flight[1].done():
+                    self._complete()
                 self._frames_step()
             if self.replay is None:
                 self.flush()
         except Stopped:
             log.error("stopped while the store was failing; window not committed (Kafka re-delivers it)")
+            return 1
+        except StageError as exc:
+            log.error("sink stopped on a stage error; window not committed (Kafka re-delivers it): %s", exc)
             return 1
         return 0
 
@@ -165,27 +177,41 @@ class Sink:
 
     # ---- records ---------------------------------------------------------------------------
     def _handle_all(self, messages: list[Any]) -> None:
-        """Handle a consumed batch; records a route's fast path proves valid skip the contract model."""
+        """Handle a consumed batch: records of a bulk route are kept as bytes, the rest go one by one."""
         if self.replay is not None:  # set only by the assign callback, i.e. inside consume(), never mid-batch
             for msg in messages:
                 self._handle(msg)
             return
         window, routes = self.window, self.routes
-        track = window.track
+        track, add_raw = window.track, window.add_raw
         for msg in messages:
             if msg.error() is not None:
                 self._handle(msg)
                 continue
             topic, value = msg.topic(), msg.value()
             route = routes[topic]
-            fast = route.fast
-            values = fast(value) if fast is not None and value is not None else None
-            if values is None:
+            if route.bulk is None or value is None:
                 self._handle(msg)
                 continue
             partition, offset = msg.partition(), msg.offset()
             track(topic, partition, offset, len(value))
-            window.add_values(route.table, (*values, partition, offset), (topic, msg.key(), value, msg.headers()))
+            add_raw(route.table, value, partition, offset, msg)
+
+    def _per_record(self, window: Window, raw: RawRows, indices: list[int]) -> None:
+        """Records of a raw block the store did not pass: the contract decides, row or dead letter."""
+        route = self.routes[raw.messages[0].topic()]
+        for index in indices:
+            source = raw.source(index)
+            partition, offset = raw.partitions[index], raw.offsets[index]
+            try:
+                row = to_row(route, source[2])
+            except PoisonRecord as exc:
+                self._dead_letter(source, exc.reason, exc.detail, (partition, offset), window)
+                continue
+            row["kafka_partition"] = partition
+            row["kafka_offset"] = offset
+            window.add(route.table, row, source)
+            window.rows -= 1  # counted once already, as a raw record
 
     def _handle(self, msg: Any) -> None:
         if msg.error():
@@ -200,6 +226,9 @@ class Sink:
         value = msg.value()
         self.window.track(topic, partition, offset, len(value or b""))
         route = self.routes[topic]
+        if route.bulk is not None and value is not None:  # the same path in a replay: the same blocks and tokens
+            self.window.add_raw(route.table, value, partition, offset, msg)
+            return
         source = (topic, msg.key(), value, msg.headers())
         try:
             row = to_row(route, value)
@@ -211,44 +240,84 @@ class Sink:
         self.window.add(route.table, row, source)
 
     def _dead_letter(self, source: tuple[str, bytes | None, bytes | None, Any], reason: str, detail: str,
-                     position: tuple[int, int]) -> None:
+                     position: tuple[int, int], window: Window | None = None) -> None:
         topic, key, value, raw_headers = source
         letter = DeadLetter.build(stage="sink", reason=reason, detail=detail, topic=topic, payload=value or b"",
                                   headers=_headers(raw_headers))
         self.metrics.dlq.labels(reason).inc()
         log.warning("record dead-lettered", extra={"topic": topic, "reason": reason, "detail": detail[:200]})
+        window = window or self.window
         if topic == self.dlq_topic:  # never feed the DLQ from itself: store the letter directly
             dlq_route = self.routes[self.dlq_topic]
             row = dlq_route.to_row(letter)
             row.update(kafka_partition=position[0], kafka_offset=position[1])
-            self.window.add(dlq_route.table, row, source)
+            window.add(dlq_route.table, row, source)
         else:
-            self.window.add_dead(self.dlq_topic, key, to_json(letter))
+            window.add_dead(self.dlq_topic, key, to_json(letter))
 
     # ---- flush -----------------------------------------------------------------------------
     def flush(self) -> None:
-        """Insert the window, dead-letter refused rows, confirm DLQ delivery, then commit offsets."""
+        """Insert the open window (after the one in flight), dead-letter refused rows, confirm, commit."""
+        self._hand_off()
+        self._complete()
+
+    def _hand_off(self) -> None:
+        """Finish the window in flight, then start inserting the open one in the background.
+
+        At most one window is being inserted while the next one fills (a bounded hand-off): the
+        consumer waits here when the store is slower. Its offsets are committed by :meth:`_complete`.
+        """
+        self._complete()
         window = self.window
         if window.is_empty() or self.writer is None:
             return
+        self.window = Window(self.clock)
+        self.metrics.pending.set(0)
+        self.in_flight = (window, self.inserter.submit(self._insert, window))
+
+    def _insert(self, window: Window) -> list[PoisonRow]:
+        """Log the window ahead, then insert it (the inserter thread)."""
+        assert self.writer is not None
         self.writer.log_window(self.settings.sink.group_id, window)
-        poison = self.writer.insert_window(window, int(time.time() * 1000))
+        return self.writer.insert_window(window, int(time.time() * 1000), self._per_record)
+
+    def _complete(self) -> None:
+        """Wait for the window in flight; dead-letter its refused rows, confirm DLQ delivery, commit its offsets."""
+        if self.in_flight is None:
+            return
+        window, future = self.in_flight
+        try:
+            poison = future.result()
+        finally:
+            self.in_flight = None
         for bad in poison:
             if bad.source[0] == self.dlq_topic:
                 self.metrics.dlq.labels("unstorable_dead_letter").inc()
                 log.error("dead letter refused by ClickHouse; dropped", extra={"detail": bad.detail[:300]})
             else:
                 self._dead_letter(bad.source, "value_out_of_range", f"{bad.table}: {bad.detail}",
-                                  (bad.row["kafka_partition"], bad.row["kafka_offset"]))
-        self._crash_hook()
+                                  (bad.row["kafka_partition"], bad.row["kafka_offset"]), window)
+        self.inserted(window)
         self._produce_dead(window)
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(window.commit_offsets().items())]
         self._commit(offsets)
         self.metrics.windows.inc()
         self._update_lag(offsets)
         log.debug("window committed", extra={"rows": window.rows, "partitions": len(offsets)})
-        self.window = Window(self.clock)
-        self.metrics.pending.set(0)
+
+    def _abandon(self) -> None:
+        """Wait for the window in flight and drop it uncommitted (partitions lost: the new owner re-reads it)."""
+        if self.in_flight is None:
+            return
+        _window, future = self.in_flight
+        self.in_flight = None
+        try:
+            future.result()
+        except Exception:
+            log.exception("insert of an abandoned window failed")
+
+    def inserted(self, window: Window) -> None:
+        """Called after a window's inserts, before its dead letters and its commit (a seam for fault tests)."""
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         """Commit synchronously; retry retriable errors a few times, then log and go on.
@@ -268,12 +337,6 @@ class Sink:
                 if not retriable or self.stop.wait(0.2 * attempt):
                     break
         self.metrics.commit_failures.inc()
-
-    def _crash_hook(self) -> None:
-        self.windows_inserted += 1
-        if 0 < self.settings.sink.crash_after_inserts <= self.windows_inserted:
-            log.warning("crash_after_inserts reached: SIGKILL before commit (test setting)")
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _produce_dead(self, window: Window) -> None:
         if not window.dead:
@@ -360,6 +423,7 @@ class Sink:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self.metrics.ready.set(0)
         log.warning("partitions lost; window dropped uncommitted", extra={"partitions": len(partitions)})
+        self._abandon()
         self._reset()
 
     def _reset(self) -> None:

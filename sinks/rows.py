@@ -31,8 +31,10 @@ from citystream.schemas.events import (
     SensorReading,
     error_summary,
 )
+from citystream.schemas.fast import READING_FORM
+from citystream.schemas.ranges import RANGES
 from citystream.schemas.strict import validate_json
-from citystream.sinks.fast import Values, reading_values
+from citystream.sinks.fast import BulkJson, Values, metric_range_sql, reading_values
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -142,6 +144,8 @@ class Route:
 
     ``fast`` (optional) maps a record it can prove valid straight to the row's values in column order
     (without the Kafka trailer) and returns None for anything else, which then takes :func:`to_row`.
+    ``bulk`` (optional) lets the store check and parse whole blocks of the route's canonical JSON
+    (:class:`~citystream.sinks.fast.BulkJson`); records it does not pass take :func:`to_row`.
     """
 
     table: str
@@ -149,6 +153,7 @@ class Route:
     to_row: Callable[[Any], Row]
     fast: Callable[[bytes], Values | None] | None = None
     legacy: Callable[[bytes], bytes] | None = None
+    bulk: BulkJson | None = None
 
 
 _PLATE_TEXT = (b'"registration"', b'"province"')
@@ -174,8 +179,14 @@ def _plate_without_text(value: bytes) -> bytes:
     return orjson.dumps(doc)
 
 
+def _reading_bulk() -> BulkJson | None:
+    bulk = BulkJson(SensorReading, arrow_schema(schema.SENSOR_READINGS), READING_FORM)
+    bulk.add_check(metric_range_sql({metric: (b.low, b.high) for metric, b in RANGES.items()}))
+    return bulk if bulk.pattern is not None else None
+
+
 ROUTES: dict[str, Route] = {
-    topics.RAW_READINGS: Route(schema.SENSOR_READINGS, SensorReading, _reading, reading_values),
+    topics.RAW_READINGS: Route(schema.SENSOR_READINGS, SensorReading, _reading, reading_values, bulk=_reading_bulk()),
     topics.DEVICE_STATUS: Route(schema.DEVICE_STATUS, DeviceStatus, _status),
     topics.PLATE_READS: Route(schema.PLATE_READS, PlateRead, _plate, legacy=_plate_without_text),
     topics.FACE_MATCHES: Route(schema.FACE_MATCHES, FaceMatch, _face),

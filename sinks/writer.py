@@ -1,17 +1,32 @@
 """Inserts a window into ClickHouse: write-ahead log, dedup tokens, retries, poison isolation.
 
-- Retryable errors (connection, timeout, too many parts, memory) retry the same block with the same
-  token, backing off exponentially up to ``sink.retry_max_s``; a stop request ends the wait.
-- Poison errors (the block's data does not fit a column) split the block in halves until the bad
-  rows are alone; they come back to the caller for the DLQ, the rest are inserted. Sub-blocks get
-  tokens derived from their position, so a replayed window splits and deduplicates the same way.
-- Schema errors (unknown table/column/database) are not the data's fault: they retry like outages.
+Three kinds of failure, three paths (:func:`classify`):
+
+- **Poison**: ClickHouse names the block's data as the cause (its error codes for values that do not
+  fit a column, :data:`POISON_CODES`). The block is split in halves until the bad rows are alone; they
+  come back to the caller for the DLQ, the rest are inserted. Sub-blocks get tokens derived from their
+  position, so a replayed window splits and deduplicates the same way.
+- **Outage**: the store cannot be reached or answers with any other error code (connection, timeout,
+  too many parts, memory, an unknown table during a migration). The same block is retried with the
+  same token, backing off exponentially up to ``sink.retry_max_s``, until it goes in or a stop is
+  requested.
+- **Stage error**: anything else (a ``TypeError`` building a block, a driver bug). Never the data's
+  fault, so never a dead letter: retried :data:`STAGE_ATTEMPTS` times with backoff, then
+  :class:`StageError` stops the sink without committing (Kafka re-delivers the window to a fixed sink).
+
+Blocks of a route with a bulk path (:class:`~citystream.sinks.fast.BulkJson`: sensor readings) go to
+the store as their JSON bytes in one Arrow file: one query marks which records pass the contract
+checks (and gives their capture times for the latency histogram), records that do not are handed back
+to the caller's per-record path, and the rest is parsed and inserted by ClickHouse in one
+``INSERT … SELECT`` with the table's token (part ``json``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -21,11 +36,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as pa_ipc
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from citystream.schemas.migrate import SINK_WINDOWS
-from citystream.sinks.batch import Source, TableRows, Window
+from citystream.sinks.batch import RawRows, Source, TableRows, Window
 from citystream.sinks.metrics import SinkMetrics
-from citystream.sinks.rows import Row
+from citystream.sinks.rows import ROUTES, Row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,19 +52,43 @@ T = TypeVar("T")
 POISON_CODES = frozenset({6, 27, 32, 38, 41, 53, 69, 70, 72, 117, 131, 190, 321, 395, 473})
 _CODE = re.compile(r"Code: (\d+)")
 FIRST_RETRY_S = 0.2
+STAGE_ATTEMPTS = 4
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+BULK = {route.table: route.bulk for route in ROUTES.values() if route.bulk is not None}
+Fallback = Callable[[Window, RawRows, list[int]], None]
+"""Takes records of a raw block to the per-record path (rows or dead letters of the same window)."""
 
 
 class Stopped(Exception):
     """A stop was requested while waiting to retry."""
 
 
-def is_poison(exc: BaseException) -> bool:
-    """Whether an insert error is caused by the block's data."""
-    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)):
-        return True
+class StageError(Exception):
+    """A failure that is neither the data's nor the store's (a code or driver bug); the sink stops."""
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code an exception carries, if any."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
     match = _CODE.search(str(exc))
-    return match is not None and int(match.group(1)) in POISON_CODES
+    return int(match.group(1)) if match else None
+
+
+def classify(exc: BaseException) -> str:
+    """``poison`` (ClickHouse names the data), ``outage`` (store unreachable or failing) or ``stage`` (a bug)."""
+    code = error_code(exc)
+    if code is not None:
+        return "poison" if code in POISON_CODES else "outage"
+    if isinstance(exc, (OSError, TimeoutError, OperationalError)):
+        return "outage"
+    return "stage"
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Whether an insert error is caused by the block's data (named so by ClickHouse)."""
+    return classify(exc) == "poison"
 
 
 @dataclass(frozen=True)
@@ -72,19 +114,30 @@ class Writer:
         self.clock = clock
 
     def retrying(self, what: str, table: str, fn: Callable[[], T]) -> T:
-        """Call ``fn`` until it succeeds or fails with a poison error; back off between attempts."""
+        """Call ``fn`` until it succeeds or fails with a poison error; back off between attempts.
+
+        Outages are retried until a stop is requested (:class:`Stopped`); stage errors
+        :data:`STAGE_ATTEMPTS` times, then :class:`StageError`.
+        """
         delay = min(FIRST_RETRY_S, self.retry_max_s)
         attempt = 0
         while True:
             try:
                 return fn()
             except Exception as exc:
-                if is_poison(exc):
+                kind = classify(exc)
+                if kind == "poison":
                     raise
                 attempt += 1
+                if kind == "stage" and attempt >= STAGE_ATTEMPTS:
+                    log.error("stage error, giving up", extra={"what": what, "table": table, "attempts": attempt,
+                                                               "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    raise StageError(f"{what} into {table} failed {attempt} times with "
+                                     f"{type(exc).__name__}: {exc}"[:500]) from exc
                 self.metrics.retries.labels(table).inc()
                 log.warning("insert failed, retrying", extra={"what": what, "table": table, "attempt": attempt,
-                                                              "delay_s": round(delay, 2), "error": str(exc)[:300]})
+                                                              "kind": kind, "delay_s": round(delay, 2),
+                                                              "error": f"{type(exc).__name__}: {exc}"[:300]})
                 if self.stop.wait(delay):
                     raise Stopped(f"stop requested while retrying {what}") from exc
                 delay = min(delay * 2, self.retry_max_s)
@@ -99,8 +152,17 @@ class Writer:
             SINK_WINDOWS, rows, column_names=names, database=self.database))
         return window_id
 
-    def insert_window(self, window: Window, ingested_at_ms: int) -> list[PoisonRow]:
-        """Insert every table block of the window; returns rows refused as poison."""
+    def insert_window(self, window: Window, ingested_at_ms: int, fallback: Fallback | None = None) -> list[PoisonRow]:
+        """Insert every table block of the window; returns rows refused as poison.
+
+        Raw blocks go first: records the store does not pass are handed to ``fallback``, which adds them to
+        the window's rows or dead letters, inserted or produced after.
+        """
+        for raw in [window.raw[t] for t in sorted(window.raw)]:
+            if raw.rows:
+                if fallback is None:
+                    raise StageError(f"raw block of {raw.table} without a per-record path")
+                self._insert_raw(window, raw, ingested_at_ms, fallback)
         poison: list[PoisonRow] = []
         for _table, rows in sorted(window.tables.items()):
             if rows.rows:
@@ -122,7 +184,7 @@ class Writer:
 
         try:
             self.retrying("insert", rows.table, attempt)
-        except Stopped:
+        except (Stopped, StageError):
             raise
         except Exception as exc:
             if stop - start == 1:
@@ -137,3 +199,48 @@ class Writer:
             return
         self.metrics.rows.labels(rows.table).inc(stop - start)
         self.metrics.batch_rows.labels(rows.table).observe(stop - start)
+
+    def _insert_raw(self, window: Window, raw: RawRows, ingested_at_ms: int, fallback: Fallback) -> None:
+        """Check the block's records in the store, hand back those that fail, insert the rest parsed there."""
+        bulk = BULK[raw.table]
+        block = raw.to_arrow()
+        fd, path = tempfile.mkstemp(prefix="citystream-sink-", suffix=".arrow")
+        try:
+            _write_arrow(fd, block)
+            checked = self.retrying("bulk check", raw.table, lambda: pa_ipc.open_file(pa.py_buffer(
+                self.client.raw_query(bulk.check_sql(path), fmt="Arrow"))).read_all())
+            bad = checked.column("bad")[0].values.to_pylist()
+            if bad:
+                log.info("records left to the per-record path", extra={"table": raw.table, "records": len(bad)})
+                fallback(window, raw, bad)
+                keep = pc.invert(pc.is_in(block.column("n"), pa.array(bad, pa.uint32())))
+                block = block.filter(keep)
+                _write_arrow(os.open(path, os.O_WRONLY | os.O_TRUNC), block)
+            if block.num_rows == 0:
+                return
+            token = window.token(raw.table, "json")
+            settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+            sql = bulk.insert_sql(f"`{self.database}`.{raw.table}", path, ingested_at_ms, settings)
+            began = self.clock()
+            try:
+                self.retrying("insert", raw.table, lambda: self.client.command(sql))
+            except (Stopped, StageError):
+                raise
+            except Exception as exc:  # poison named by ClickHouse: every record takes the per-record path
+                log.warning("bulk insert refused; records go row by row", extra={"table": raw.table,
+                                                                               "error": str(exc)[:300]})
+                fallback(window, raw, block.column("n").to_pylist())
+                return
+        finally:
+            os.unlink(path)
+        self.metrics.insert_seconds.labels(raw.table).observe(self.clock() - began)
+        captured = pa.table({"captured_at": checked.column("captured_ms")[0].values})
+        self.metrics.e2e.observe_block(raw.table, captured, int(time.time() * 1000))
+        self.metrics.rows.labels(raw.table).inc(block.num_rows)
+        self.metrics.batch_rows.labels(raw.table).observe(block.num_rows)
+
+
+def _write_arrow(fd: int, table: pa.Table) -> None:
+    """Write ``table`` as an Arrow IPC file to the open descriptor ``fd`` (closed after)."""
+    with os.fdopen(fd, "wb") as out, pa_ipc.new_file(out, table.schema) as writer:
+        writer.write_table(table)

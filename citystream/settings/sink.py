@@ -28,8 +28,6 @@ class SinkSettings(Section):
     retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
     archive_frames: bool = Field(True, description="keep frames that carry detections in frames_dir + frame_index")
     frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")
-    crash_after_inserts: int = Field(0, ge=0, description="TEST ONLY: SIGKILL self after N inserted windows, "
-                                                          "before the offset commit (fault tests); 0 = off")
 
     def static_membership(self, suffix: str = "") -> dict[str, str]:
         """Consumer settings for static group membership (empty when ``instance_id`` is not set)."""

@@ -53,12 +53,13 @@ def sink_settings(settings: Settings, tmp_path: Path, **sink: Any) -> Settings:
 
 
 class SinkProcess:
-    """``citystream sink`` as a real subprocess (it must own its chDB path)."""
+    """``citystream sink`` as a real subprocess (it must own its chDB path); ``command`` replaces its arguments."""
 
-    def __init__(self, settings: Settings, config: Path) -> None:
+    def __init__(self, settings: Settings, config: Path, command: list[str] | None = None) -> None:
         self.settings = settings
         self.config = write_settings(settings, config)
         self.log = config.with_suffix(".log")
+        self.command = command or ["-m", "citystream", "--config", str(self.config), "sink"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,8 +72,8 @@ class SinkProcess:
     def start(self) -> SinkProcess:
         """Start the sink and wait until it advertises its query endpoint."""
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "citystream", "--config", str(self.config), "sink"],
-                                         stdout=log, stderr=log, cwd=REPO, env=dict(os.environ))
+            self.proc = subprocess.Popen([sys.executable, *self.command], stdout=log, stderr=log, cwd=REPO,
+                                         env=dict(os.environ))
         wait_for("the sink's owner file", self._advertised, timeout=60)
         return self
 

@@ -1,7 +1,7 @@
 """Fault: the sink is SIGKILLed after an insert and before the commit; the restart stores every event once.
 
-The crash point is the test-only setting ``sink.crash_after_inserts`` (the sink SIGKILLs itself right
-after inserting its Nth window, before producing dead letters and committing offsets).
+The crash point is the test harness's :class:`tests.sinks.crashing_sink.CrashingSink` (the real sink, which
+SIGKILLs itself right after inserting its Nth window, before producing dead letters and committing offsets).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from citystream.settings import Settings
+from tests.sinks.crashing_sink import CRASH_MESSAGE
 from tests.sinks.factory import alert, plate, reading
 from tests.sinks.procs import SinkProcess, committed_and_ends, produce, sink_settings, wait_for
 
@@ -33,11 +34,12 @@ def test_kill_after_insert_before_commit_then_restart_stores_each_event_once(set
     events = [*[reading(i, float(i % 50), device=f"pm-{i % 5:02d}") for i in range(500)],
               *[plate(i, "abcd"[i % 4], camera=f"cam-{i % 2:02d}") for i in range(40)], *[alert(i) for i in range(6)]]
     produce(settings, events)
-    crashing = sink_settings(settings, tmp_path, crash_after_inserts=1, batch_rows=100, batch_age_s=1.0)
-    first = SinkProcess(crashing, tmp_path / "crash.yaml")
+    crashing = sink_settings(settings, tmp_path, batch_rows=100, batch_age_s=1.0)
+    config = tmp_path / "crash.yaml"
+    first = SinkProcess(crashing, config, ["-m", "tests.sinks.crashing_sink", str(config), "1"])
     first.start()
     assert first.wait() == -signal.SIGKILL
-    assert "crash_after_inserts reached" in first.logs()
+    assert CRASH_MESSAGE in first.logs()
 
     committed, ends = committed_and_ends(settings)
     assert all(offset < 0 for offset in committed.values()), "nothing may be committed before the crash"
@@ -45,7 +47,7 @@ def test_kill_after_insert_before_commit_then_restart_stores_each_event_once(set
     assert 0 < before["raw"] + before["raw_plates"] < 546, "the crash must come after an insert of a first window"
 
     second = SinkProcess(crashing.model_copy(update={"sink": crashing.sink.model_copy(
-        update={"crash_after_inserts": 0, "batch_rows": 100_000})}), tmp_path / "restart.yaml").start()
+        update={"batch_rows": 100_000})}), tmp_path / "restart.yaml").start()
     try:
         def complete() -> bool:
             seen = totals(second)

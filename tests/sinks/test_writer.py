@@ -1,11 +1,14 @@
-"""The writer on embedded chDB: dedup tokens, backoff on outages, poison isolation by splitting blocks."""
+"""The writer on embedded chDB: dedup tokens, backoff on outages, poison isolation by splitting blocks, and
+programming errors that stop the stage instead of dead-lettering a batch."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
+import pyarrow as pa
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -16,7 +19,7 @@ from citystream.sinks.batch import Window
 from citystream.sinks.metrics import SinkMetrics
 from citystream.sinks.replay import pending_window
 from citystream.sinks.rows import ROUTES, to_row
-from citystream.sinks.writer import Stopped, Writer
+from citystream.sinks.writer import STAGE_ATTEMPTS, StageError, Stopped, Writer, classify
 from tests.sinks.factory import TOPIC_OF, plate, reading
 
 pytestmark = pytest.mark.integration
@@ -125,16 +128,56 @@ def test_rows_refused_by_clickhouse_are_isolated_and_the_rest_inserted(ch: Click
     window = window_of([plate(i, "abc"[i % 3]) for i in range(9)] + [reading(i) for i in range(5)])
     plates = window.tables["plate_reads"]
     plates.columns["plate_pseudonym"][4] = "f" * 65  # does not fit FixedString(64): refused by ClickHouse
-    window.tables["sensor_readings"].columns["value"][2] = "warm"  # not a Float64: refused building the block
     poison = writer.insert_window(window, 1)
-    assert sorted((p.table, p.row["seq"]) for p in poison) == [("plate_reads", 4), ("sensor_readings", 2)]
+    assert sorted((p.table, p.row["seq"]) for p in poison) == [("plate_reads", 4)]
     assert all(p.source[2] for p in poison) and all(p.detail for p in poison)
     assert count(client, "SELECT count() FROM v_plate_reads") == 8
-    assert count(client, "SELECT count() FROM v_sensor_readings") == 4
+    assert count(client, "SELECT count() FROM v_sensor_readings") == 5
     again = writer.insert_window(window, 2)  # a replay splits the same way, so every sub-block is dropped
-    assert len(again) == 2
+    assert len(again) == 1
     assert count(client, "SELECT count() FROM plate_reads") == 8
-    assert count(client, "SELECT count() FROM sensor_readings") == 4
+    assert count(client, "SELECT count() FROM sensor_readings") == 5
+
+
+class Broken:
+    """A client whose inserts fail with a programming error (as a driver bug would), never with a ClickHouse code."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls = 0
+
+    def insert_arrow(self, *args: Any, **kwargs: Any) -> Any:
+        """Fail like a bug."""
+        self.calls += 1
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+
+def test_a_programming_error_is_a_stage_error_and_dead_letters_nothing(ch: ClickHouseSettings) -> None:
+    time = SimulatedTime()
+    registry = CollectorRegistry()
+    client = clickhouse.connect(ch)
+    writer = Writer(client, ch.database, SinkMetrics(registry), 1.0, time)
+    window = window_of([reading(i) for i in range(8)])
+    window.tables["sensor_readings"].columns["value"][2] = "warm"  # a code bug: not a Float64 after the contract
+    with pytest.raises(StageError, match="ArrowInvalid"):
+        writer.insert_window(window, 1)
+    assert len(time.waits) == STAGE_ATTEMPTS - 1, "retried with backoff, then given up"
+    assert count(client, "SELECT count() FROM sensor_readings") == 0  # no half of the batch went in either
+    broken = Broken(client)
+    writer = Writer(broken, ch.database, SinkMetrics(CollectorRegistry()), 1.0, SimulatedTime())
+    with pytest.raises(StageError, match="TypeError"):
+        writer.insert_window(window_of([reading(i) for i in range(8)]), 1)
+    assert broken.calls == STAGE_ATTEMPTS  # one block, never split into per-row dead letters
+    assert registry.get_sample_value("citystream_sink_rows_inserted_total", {"table": "sensor_readings"}) is None
+
+
+def test_errors_are_classified_by_what_clickhouse_names() -> None:
+    assert classify(DatabaseError("Code: 131. DB::Exception: String too long for type FixedString(64)")) == "poison"
+    assert classify(DatabaseError("Code: 60. DB::Exception: Unknown table")) == "outage"
+    assert classify(ConnectionError("Connection refused")) == "outage"
+    assert classify(OperationalError("timed out")) == "outage"
+    for bug in (TypeError("x"), ValueError("y"), KeyError("z"), pa.ArrowInvalid("w")):
+        assert classify(bug) == "stage"
 
 
 def test_pending_window_is_the_newest_logged_one_not_yet_committed(ch: ClickHouseSettings) -> None:
@@ -154,26 +197,26 @@ def test_pending_window_is_the_newest_logged_one_not_yet_committed(ch: ClickHous
 def test_a_rebuilt_window_with_other_interleaving_splits_the_same_way(ch: ClickHouseSettings) -> None:
     client = clickhouse.connect(ch)
     writer = Writer(client, ch.database, SinkMetrics(CollectorRegistry()), 1.0, threading.Event())
-    a = window_of([reading(i, device="pm-a") for i in range(6)], partition=0)
-    b = window_of([reading(i, device="pm-b", gateway="gw-b") for i in range(6)], partition=1)
+    a = window_of([plate(i, "a", camera="cam-a") for i in range(6)], partition=0)
+    b = window_of([plate(i, "b", camera="cam-b") for i in range(6)], partition=1)
 
     def interleaved(order: list[tuple[Window, int]]) -> Window:
         window = Window()
         for source, i in order:
-            rows = source.tables["sensor_readings"]
+            rows = source.tables["plate_reads"]
             row = rows.row(i)
             window.track(rows.sources[i][0], row["kafka_partition"], row["kafka_offset"], 1)
             if (row["kafka_partition"], row["kafka_offset"]) == (1, 3):
-                row["value"] = "warm"  # poison
-            window.add("sensor_readings", row, rows.sources[i])
+                row["plate_pseudonym"] = "f" * 65  # poison: ClickHouse refuses it for FixedString(64)
+            window.add("plate_reads", row, rows.sources[i])
         return window
 
     first = interleaved([(a, i) for i in range(6)] + [(b, i) for i in range(6)])
     replay = interleaved([(w, i) for i in range(6) for w in (b, a)])
-    assert first.token("sensor_readings") == replay.token("sensor_readings")
+    assert first.token("plate_reads") == replay.token("plate_reads")
     assert [p.row["seq"] for p in writer.insert_window(first, 1)] == [3]
     assert [p.row["seq"] for p in writer.insert_window(replay, 2)] == [3]
     good = {(r["device_id"], r["seq"]) for r in (dict(zip(("device_id", "seq"), row, strict=True)) for row in
-            client.query("SELECT device_id, seq FROM sensor_readings").result_rows)}
-    assert len(good) == 11 and ("pm-b", 3) not in good
-    assert count(client, "SELECT count() FROM sensor_readings") == 11
+            client.query("SELECT device_id, seq FROM plate_reads").result_rows)}
+    assert len(good) == 11 and ("cam-b", 3) not in good
+    assert count(client, "SELECT count() FROM plate_reads") == 11
