@@ -134,3 +134,19 @@ def test_every_confluent_kafka_client_is_built_from_client_config() -> None:
                             bad.append(f"{path.relative_to(REPO)}:{call.lineno}")
     assert seen >= 15, seen  # the scan found the clients (bridge, sink, frames archive, topics, ...)
     assert bad == []
+
+
+def test_the_helm_chart_mounts_a_kafka_client_certificate_into_the_settings(tmp_path: Path) -> None:
+    from citystream.settings import load_settings
+    from tests.deploy.test_helm import by_kind, render
+
+    docs = render(sets=("tls.kafka.secretName=city-kafka-user", "tls.kafka.clientCert=true",
+                        "settings.kafka.security_protocol=SSL"))
+    text = by_kind(docs, "ConfigMap")["cs-settings"]["data"]["citystream.yaml"]
+    (tmp_path / "citystream.yaml").write_text(text)
+    kafka = load_settings(tmp_path / "citystream.yaml").kafka
+    assert (str(kafka.ssl_certificate_location), str(kafka.ssl_key_location)) == (
+        "/etc/citystream/tls/kafka/tls.crt", "/etc/citystream/tls/kafka/tls.key")
+    worker = by_kind(docs, "StatefulSet")["cs-worker"]["spec"]["template"]["spec"]
+    items = {v["name"]: v for v in worker["volumes"]}["tls-kafka"]["secret"]["items"]
+    assert [i["path"] for i in items] == ["ca.crt", "tls.crt", "tls.key"]

@@ -75,6 +75,10 @@ subscription spreads them over the replicas, so more than one replica turns it o
 {{- with .Values.tls.kafka.secretName -}}
 {{- $k := get $s "kafka" | default dict -}}
 {{- $_ := set $k "ssl_ca_location" "/etc/citystream/tls/kafka/ca.crt" -}}
+{{- if $.Values.tls.kafka.clientCert -}}
+{{- $_ := set $k "ssl_certificate_location" "/etc/citystream/tls/kafka/tls.crt" -}}
+{{- $_ := set $k "ssl_key_location" "/etc/citystream/tls/kafka/tls.key" -}}
+{{- end -}}
 {{- $_ := set $s "kafka" $k -}}
 {{- end -}}
 {{- toYaml $s -}}
@@ -181,6 +185,10 @@ seccompProfile:
     defaultMode: 0440
     items:
       - {key: {{ .caKey }}, path: ca.crt}
+      {{- if .clientCert }}
+      - {key: {{ .certKey }}, path: tls.crt}
+      - {key: {{ .keyKey }}, path: tls.key}
+      {{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
