@@ -32,9 +32,7 @@ from citystream.schemas.migrate import migrate
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings
 from citystream.settings.console import ConsoleSettings, ConsoleUser
-from citystream.sinks.batch import TableRows
-from citystream.sinks.rows import ROUTES, to_row
-from citystream.sinks.writer import INSERT_SETTINGS
+from tests.schemas.test_analyst_queries import insert as insert_rows
 
 TENANT = "nakhon-rangsit"
 PASSWORDS = {"op": "op-pass-1", "analyst": "an-pass-1", "dpo": "dpo-pass-1", "admin": "admin-pass-1"}
@@ -60,16 +58,8 @@ def console_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def insert(settings: Settings, topic: str, events: list[BaseModel]) -> None:
-    """Insert events as the sink does: the topic's route, one Arrow block."""
-    route = ROUTES[topic]
-    rows = TableRows.empty(route.table)
-    for offset, event in enumerate(events):
-        row = to_row(route, event.model_dump_json().encode())
-        row.update(kafka_partition=0, kafka_offset=offset)
-        rows.append(row, (topic, None, None, None))
-    client = clickhouse.connect(settings, database=False)
-    client.insert_arrow(rows.table, rows.to_arrow(int(time.time() * 1000)), database=settings.clickhouse.database,
-                        settings=dict(INSERT_SETTINGS))
+    """Insert events as the sink does (the analyst-query tests' helper) into the test's database."""
+    insert_rows(clickhouse.connect(settings, database=False), settings.clickhouse.database, topic, events)
 
 
 def jpeg(width: int = 320, height: int = 240) -> bytes:
