@@ -1,8 +1,8 @@
 """``citystream console``: serve the control-room web console.
 
 ``--demo-login`` is for ``make demo`` only (see :mod:`citystream.console.demo_login`).
-Exit codes: 0 after SIGTERM/SIGINT (uvicorn stops accepting, finishes open requests), 1 when it cannot
-serve (port taken), 2 for bad settings or no users configured.
+Exit codes: 0 after SIGTERM/SIGINT (uvicorn stops accepting, finishes open requests), 2 for bad settings,
+no users configured or a port that cannot be bound, 1 for other failures.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import signal
+import socket
 import sys
 
 import click
@@ -56,14 +57,16 @@ def console(ctx: click.Context, host: str | None, port: int | None, hash_only: b
     from citystream.console.app import create_app
 
     cfg = settings.console
+    sock = listen_socket(cfg.host, cfg.port)
+    port = sock.getsockname()[1]
     app = create_app(settings)
     scheme = "https" if cfg.tls else "http"
-    log.info("console listening", extra={"url": f"{scheme}://{cfg.host}:{cfg.port}"})
+    log.info("console listening", extra={"url": f"{scheme}://{cfg.host}:{port}"})
     server = uvicorn.Server(uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False, lifespan="on",
         ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
         ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None, timeout_graceful_shutdown=5))
-    click.echo(f"console: {scheme}://{cfg.host}:{cfg.port}/", err=True)
+    click.echo(f"console: {scheme}://{cfg.host}:{port}/", err=True)
 
     def stop(_sig: int, _frame: object) -> None:
         server.should_exit = True
@@ -72,6 +75,18 @@ def console(ctx: click.Context, host: str | None, port: int | None, hash_only: b
     # the default, that ends in a clean return (exit 0) instead of death by SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
-    server.run()
+    server.run(sockets=[sock])
     if not server.started:
-        fail(f"could not serve on {cfg.host}:{cfg.port}")
+        fail(f"could not serve on {cfg.host}:{port}")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for the console; a taken port or bad address is a configuration error (exit 2)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        fail(f"console.port {port}: cannot serve on {host}: {exc.strerror or exc}", 2)
+    return sock

@@ -34,6 +34,19 @@ def test_no_users_is_a_configuration_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no console users" in res.stderr
 
 
+def test_a_taken_port_is_a_configuration_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"console": {"port": taken.getsockname()[1], "users": {
+            "op": {"role": "operator", "password_hash": hash_password("x")}}}}))
+        res = citystream("console", config=config, check=False)
+    assert res.returncode == 2 and "console.port" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "c.yaml"
