@@ -176,3 +176,18 @@ def test_chart_scales_into_the_box_with_thresholds() -> None:
     c = chart([(t0, 10.0), (t0 + timedelta(minutes=1), 30.0)], thresholds=(20.0,))
     assert c.points == "0.0,76.0 300.0,4.0" and c.lines == [(40.0, "20")]
     assert chart([]).points == ""
+
+
+def test_on_tls_the_session_cookie_is_secure() -> None:
+    from starlette.testclient import TestClient
+
+    from citystream.console.app import create_app
+
+    console = console_users().model_copy(update={"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"})
+    settings = load_settings(None).model_copy(update={"console": console})
+    with TestClient(create_app(settings, run_feed=False), base_url="https://testserver") as client:
+        csrf = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+        res = client.post("/login", data={"username": "op", "password": "op-pass-1", "csrf": csrf},
+                          follow_redirects=False)
+    cookie = res.headers["set-cookie"].lower()
+    assert res.status_code == 303 and "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
