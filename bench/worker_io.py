@@ -277,20 +277,27 @@ class Worker:
 
 
 class RebalanceLog:
-    """Counts the broker's ``Preparing to rebalance group <group>`` lines written since the last call."""
+    """Counts the broker's ``Preparing to rebalance group <group>`` lines written since the last call.
+
+    The broker writes them only when its logger ``org.apache.kafka.coordinator.group.GroupMetadataManager``
+    is at INFO; ``seen`` says whether it logged anything about the group at all (its first join does).
+    """
 
     def __init__(self, path: Path, group: str) -> None:
         """Follow the Kafka server log at ``path``."""
-        self.path, self.needle = path, f"Preparing to rebalance group {group} "
+        self.path, self.needle, self.group = path, f"Preparing to rebalance group {group} ", f"group {group} "
         self.offset = path.stat().st_size if path.exists() else 0
+        self.seen = False
 
     def since_last(self) -> int | None:
         """Rebalances of the group since the previous call; None when the broker's log is not readable."""
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
-                text = f.read().decode(errors="replace")
+                data = f.read()
         except OSError:
             return None
-        self.offset += len(text.encode())
+        self.offset += len(data)
+        text = data.decode(errors="replace")
+        self.seen = self.seen or self.group in text
         return text.count(self.needle)
