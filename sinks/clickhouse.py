@@ -70,6 +70,7 @@ REPLAY_TIMEOUT_S = 30.0
 COMMIT_ATTEMPTS = 3
 COMMITTED_ATTEMPTS = 5
 PRUNE_EVERY_S = 3600.0
+CONSUME_MAX = 50_000  # records per consume() call: fewer calls, one Python list per batch window
 # Larger fetches per partition: librdkafka's 1 MiB default halves consume throughput on a 6-partition topic
 # (measured 102 k vs 217 k records/s on 250 B readings). The local queue bound (queued.max.messages.kbytes)
 # keeps its default, so memory stays bounded.
@@ -172,7 +173,7 @@ class Sink:
             self.frames.prune()
 
     def _next_messages(self, limit: int) -> list[Any]:
-        messages: list[Any] = self.consumer.consume(num_messages=min(limit, 10_000), timeout=0.2)
+        messages: list[Any] = self.consumer.consume(num_messages=min(limit, CONSUME_MAX), timeout=0.2)
         return messages
 
     # ---- records ---------------------------------------------------------------------------

@@ -44,6 +44,9 @@ _CH_TYPES = {pa.string(): "String", pa.uint16(): "UInt16", pa.uint64(): "UInt64"
 _TS = pa.timestamp("ms", tz="UTC")
 RAW_STRUCTURE = "raw String, n UInt32, kafka_partition UInt16, kafka_offset UInt64"
 TRAILER = ("ingested_at", "kafka_partition", "kafka_offset")
+REFUSED = "a record does not pass the bulk checks"
+# Every check on every record: with short-circuit evaluation ClickHouse extracted the JSON once per check.
+NO_SHORT_CIRCUIT = "short_circuit_function_evaluation = 'disable'"
 
 
 def sql_string(text: str) -> str:
@@ -130,23 +133,27 @@ class BulkJson:
         return (f"(SELECT JSONExtract(raw, {sql_string(self.tuple_type)}) AS t, raw, n, kafka_partition, kafka_offset "
                 f"FROM file({sql_string(path)}, Arrow, {sql_string(RAW_STRUCTURE)}))")
 
-    def check_sql(self, path: str) -> str:
-        """One row: ``bad`` (positions of records that do not pass) and ``captured_ms`` (of those that do)."""
+    def passes(self) -> str:
+        """The condition a record (``raw``, and ``t`` its extracted fields) must meet to be stored in bulk."""
         assert self.pattern is not None
-        ok = " AND ".join(["isValidUTF8(raw)", f"match(raw, {sql_string(self.pattern)})", *self.checks])
-        # Every check on every record, no short-circuit: it would evaluate the JSON extraction once per check.
-        return (f"SELECT groupArrayIf(n, NOT ok) AS bad, groupArrayIf({self.captured_ms}, ok) AS captured_ms "
-                f"FROM (SELECT n, t, {ok} AS ok FROM {self._source(path)}) "
-                "SETTINGS short_circuit_function_evaluation = 'disable'")
+        return " AND ".join(["isValidUTF8(raw)", f"match(raw, {sql_string(self.pattern)})", *self.checks])
+
+    def check_sql(self, path: str) -> str:
+        """One row: ``bad``, the positions of the records of the Arrow file at ``path`` that do not pass."""
+        return (f"SELECT groupArrayIf(n, NOT ({self.passes()})) AS bad FROM {self._source(path)} "
+                f"SETTINGS {NO_SHORT_CIRCUIT}")
 
     def insert_sql(self, table: str, path: str, ingested_at_ms: int, settings: dict[str, Any]) -> str:
-        """INSERT of every record of the Arrow file at ``path`` (all checked) into ``table``."""
+        """INSERT of every record of the Arrow file at ``path`` into ``table``; fails (code 395) if one does not pass.
+
+        Nothing is written then: the block is one Arrow batch, checked before MergeTree writes its part.
+        """
         names = ", ".join([*self.columns, *TRAILER])
         clause = ", ".join(f"{k} = {v if isinstance(v, int) else sql_string(str(v))}" for k, v in settings.items())
         picks = ", ".join([*self.picks, f"fromUnixTimestamp64Milli(toInt64({int(ingested_at_ms)}), 'UTC')",
-                           "kafka_partition", "kafka_offset"])
-        clause += ", short_circuit_function_evaluation = 'disable'"
-        return f"INSERT INTO {table} ({names}) SETTINGS {clause} SELECT {picks} FROM {self._source(path)}"
+                           "kafka_partition", f"kafka_offset + throwIf(NOT ({self.passes()}), {sql_string(REFUSED)})"])
+        return (f"INSERT INTO {table} ({names}) SETTINGS {clause}, {NO_SHORT_CIRCUIT} "
+                f"SELECT {picks} FROM {self._source(path)}")
 
 
 def _literal(value: Any) -> str:

@@ -15,10 +15,10 @@ Three kinds of failure, three paths (:func:`classify`):
   :class:`StageError` stops the sink without committing (Kafka re-delivers the window to a fixed sink).
 
 Blocks of a route with a bulk path (:class:`~citystream.sinks.fast.BulkJson`: sensor readings) go to
-the store as their JSON bytes in one Arrow file: one query marks which records pass the contract
-checks (and gives their capture times for the latency histogram), records that do not are handed back
-to the caller's per-record path, and the rest is parsed and inserted by ClickHouse in one
-``INSERT … SELECT`` with the table's token (part ``json``).
+the store as their JSON bytes in one Arrow file, checked and parsed by ClickHouse in one
+``INSERT … SELECT`` with the table's token (part ``json``). If a record does not pass the contract
+checks the statement fails before writing; one query then finds those records, they are handed back to
+the caller's per-record path, and the rest is inserted with the same token.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ FIRST_RETRY_S = 0.2
 STAGE_ATTEMPTS = 4
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 BULK = {route.table: route.bulk for route in ROUTES.values() if route.bulk is not None}
+_CAPTURED = r'"captured_at":"(?P<s>[^"]*)"'
 Fallback = Callable[[Window, RawRows, list[int]], None]
 """Takes records of a raw block to the per-record path (rows or dead letters of the same window)."""
 
@@ -201,43 +202,60 @@ class Writer:
         self.metrics.batch_rows.labels(rows.table).observe(stop - start)
 
     def _insert_raw(self, window: Window, raw: RawRows, ingested_at_ms: int, fallback: Fallback) -> None:
-        """Check the block's records in the store, hand back those that fail, insert the rest parsed there."""
-        bulk = BULK[raw.table]
+        """Insert the block's records parsed by the store; records that do not pass go to ``fallback``.
+
+        The common case is one statement. When the store refuses the block (a record does not pass, or a
+        value it names), one query finds the records that do not pass; they take the per-record path and
+        the rest is inserted again with the same token (the refused statement wrote nothing).
+        """
         block = raw.to_arrow()
         fd, path = tempfile.mkstemp(prefix="citystream-sink-", suffix=".arrow")
         try:
             _write_arrow(fd, block)
-            checked = self.retrying("bulk check", raw.table, lambda: pa_ipc.open_file(pa.py_buffer(
-                self.client.raw_query(bulk.check_sql(path), fmt="Arrow"))).read_all())
-            bad = checked.column("bad")[0].values.to_pylist()
-            if bad:
-                log.info("records left to the per-record path", extra={"table": raw.table, "records": len(bad)})
-                fallback(window, raw, bad)
-                keep = pc.invert(pc.is_in(block.column("n"), pa.array(bad, pa.uint32())))
-                block = block.filter(keep)
-                _write_arrow(os.open(path, os.O_WRONLY | os.O_TRUNC), block)
-            if block.num_rows == 0:
-                return
-            token = window.token(raw.table, "json")
-            settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
-            sql = bulk.insert_sql(f"`{self.database}`.{raw.table}", path, ingested_at_ms, settings)
-            began = self.clock()
-            try:
-                self.retrying("insert", raw.table, lambda: self.client.command(sql))
-            except (Stopped, StageError):
-                raise
-            except Exception as exc:  # poison named by ClickHouse: every record takes the per-record path
-                log.warning("bulk insert refused; records go row by row", extra={"table": raw.table,
-                                                                               "error": str(exc)[:300]})
-                fallback(window, raw, block.column("n").to_pylist())
-                return
+            if not self._insert_json(window, raw.table, path, ingested_at_ms):
+                bad = self._not_passing(raw.table, path)
+                if bad:
+                    log.info("records left to the per-record path", extra={"table": raw.table, "records": len(bad)})
+                    fallback(window, raw, bad)
+                    block = block.filter(pc.invert(pc.is_in(block.column("n"), pa.array(bad, pa.uint32()))))
+                    _write_arrow(os.open(path, os.O_WRONLY | os.O_TRUNC), block)
+                if block.num_rows and (not bad or not self._insert_json(window, raw.table, path, ingested_at_ms)):
+                    log.warning("bulk insert refused; records go row by row", extra={"table": raw.table})
+                    fallback(window, raw, block.column("n").to_pylist())
+                    return
         finally:
             os.unlink(path)
-        self.metrics.insert_seconds.labels(raw.table).observe(self.clock() - began)
-        captured = pa.table({"captured_at": checked.column("captured_ms")[0].values})
-        self.metrics.e2e.observe_block(raw.table, captured, int(time.time() * 1000))
         self.metrics.rows.labels(raw.table).inc(block.num_rows)
         self.metrics.batch_rows.labels(raw.table).observe(block.num_rows)
+        self._observe_latency(raw.table, block)
+
+    def _insert_json(self, window: Window, table: str, path: str, ingested_at_ms: int) -> bool:
+        """One INSERT … SELECT of the Arrow file at ``path``; False when ClickHouse refuses its data."""
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": window.token(table, "json")}
+        sql = BULK[table].insert_sql(f"`{self.database}`.{table}", path, ingested_at_ms, settings)
+        began = self.clock()
+        try:
+            self.retrying("insert", table, lambda: self.client.command(sql))
+        except (Stopped, StageError):
+            raise
+        except Exception as exc:  # poison: named by ClickHouse
+            log.info("bulk insert refused", extra={"table": table, "error": str(exc).split("\n")[0][:300]})
+            return False
+        self.metrics.insert_seconds.labels(table).observe(self.clock() - began)
+        return True
+
+    def _not_passing(self, table: str, path: str) -> list[int]:
+        """Positions of the records in the Arrow file at ``path`` that do not pass the bulk checks."""
+        answer = self.retrying("bulk check", table, lambda: self.client.raw_query(BULK[table].check_sql(path),
+                                                                                  fmt="Arrow"))
+        bad: list[int] = pa_ipc.open_file(pa.py_buffer(answer)).read_all().column("bad")[0].values.to_pylist()
+        return bad
+
+    def _observe_latency(self, table: str, block: pa.Table) -> None:
+        """Capture-to-insert latency of every stored record, read from its canonical JSON (``captured_at``)."""
+        stamps = pc.struct_field(pc.extract_regex(pc.cast(block.column("raw"), pa.string()), _CAPTURED), [0])
+        captured = pc.divide(pc.cast(pc.cast(stamps, pa.timestamp("us", tz="UTC")), pa.int64()), 1000)
+        self.metrics.e2e.observe_block(table, pa.table({"captured_at": captured}), int(time.time() * 1000))
 
 
 def _write_arrow(fd: int, table: pa.Table) -> None:
