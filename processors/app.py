@@ -78,6 +78,8 @@ class WorkerMetrics:
         self.plates = Counter("citystream_worker_plates_total", "Plate reads", ["watchlist"], registry=registry)
         self.faces = Counter("citystream_worker_faces_total", "Faces seen per camera", ["camera"], registry=registry)
         self.face_matches = Counter("citystream_worker_face_matches_total", "Watchlist face hits", registry=registry)
+        self.plate_confidence = Histogram("citystream_worker_plate_confidence", "Confidence of each plate read",
+                                          buckets=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), registry=registry)
         self.vision_seconds = Histogram("citystream_worker_vision_seconds", "Vision time per frame",
                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
         self.readings = Counter("citystream_worker_readings_total", "Sensor readings", ["outcome"], registry=registry)

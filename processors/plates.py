@@ -303,5 +303,6 @@ class PlatesDetector:
                              watchlist_hit=entry is not None, **base)
             await out.send("plate_reads", read)
             worker.metrics.plates.labels("hit" if entry else "miss").inc()
+            worker.metrics.plate_confidence.observe(read.confidence)
             if entry is not None:
                 await out.alert(entry.entry_id, plate_alert(read, entry))
