@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from citystream.schemas.topics import RAW_READINGS
@@ -106,3 +106,31 @@ def test_a_wrong_password_or_no_sasl_is_refused(scram_stack: Settings) -> None:
         with pytest.raises(KafkaException):
             admin.list_topics(timeout=8)
     assert AdminClient(s.kafka.client_config()).list_topics(timeout=15).topics, "the right login still works"
+
+
+def test_every_stage_runs_on_the_scram_listener(scram_stack: Settings, tmp_path: Path) -> None:
+    """``citystream demo`` on the SCRAM stack: sink, bridge and worker (Faust) all log in; nothing lost."""
+    from citystream.stack.kafka import ensure_topics
+    from tests.conftest import write_settings
+
+    own = scram_stack.model_copy(update={  # topics of its own: the tests above left probe records in raw.readings
+        "clickhouse": scram_stack.clickhouse.model_copy(update={"dsn": f"chdb://{tmp_path / 'clickhouse'}"}),
+        "kafka": scram_stack.kafka.model_copy(update={"topic_prefix": "demo."})})
+    ensure_topics(own)
+    config = write_settings(own, tmp_path / "citystream.yaml")
+    res = citystream("demo", "--duration", "8", "--gateways", "1", "--cameras", "1", "--sensors", "2", "--rate", "4",
+                     "--json", config=config, check=False, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    verdict = orjson.loads(res.stdout.strip().splitlines()[-1])
+    assert verdict["published"] > 0 and verdict["stored"] == verdict["published"]
+    assert (verdict["lost"], verdict["duplicates"], verdict["dlq"]) == (0, 0, 0)
+    assert verdict["stage_exit_codes"] == {"sink": 0, "bridge": 0, "worker": 0}
+    # the worker's Faust consumer read the readings and committed its offsets, through SCRAM
+    topic = own.kafka.topic(RAW_READINGS)
+    group = Consumer({**own.kafka.client_config(), "group.id": own.kafka.topic(own.worker.app_id)})
+    try:
+        parts = AdminClient(own.kafka.client_config()).list_topics(topic, timeout=15).topics[topic].partitions
+        committed = group.committed([TopicPartition(topic, p) for p in parts], timeout=15)
+    finally:
+        group.close()
+    assert sum(max(tp.offset, 0) for tp in committed) >= verdict["published"]
