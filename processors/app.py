@@ -44,6 +44,7 @@ from citystream.processors.sensors import SensorState, SensorWindows, out_of_ran
 from citystream.processors.watchdog import (
     CHECK_EVERY_S,
     STALLED_EXIT,
+    InputLag,
     StallWatch,
     input_positions,
     stall_diagnostics,
@@ -248,22 +249,22 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
         ctx.metrics.ready.set(0 if app.rebalancing or not app.tables.recovery.completed.is_set() else 1)
 
     app.timer(0.5, name="readiness")(readiness)
-    register_watchdog(app, ctx)
+    register_watchdog(app, ctx, registry)
     return ctx
 
 
-def register_watchdog(app: faust.App, ctx: WorkerContext) -> None:
-    """Stop the worker (exit code 3) when its input waits unprocessed for ``worker.stall_timeout_s``."""
-    watch = StallWatch(ctx.settings.worker.stall_timeout_s)
+def register_watchdog(app: faust.App, ctx: WorkerContext, registry: CollectorRegistry) -> None:
+    """Export the input lag; exit 3 when the input waits unprocessed for ``worker.stall_timeout_s`` (0: never)."""
+    watch = StallWatch(ctx.settings.worker.stall_timeout_s, lag=InputLag.on(registry))
     inputs = [ctx.settings.kafka.topic(RAW_FRAMES), ctx.settings.kafka.topic(RAW_READINGS)]
 
     async def liveness() -> None:
-        if ctx.stalled or watch.timeout_s <= 0:
+        if ctx.stalled:
             return
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             watch.reset()
             return
-        stalled = watch.stalled(input_positions(app.consumer, inputs))
+        stalled = watch.stalled(input_positions(app.consumer, inputs))  # also exports the lag; 0 s never stalls
         if stalled:
             ctx.stalled = True
             ctx.metrics.stalls.inc()
