@@ -38,6 +38,7 @@ ClickHouse's UInt64 columns, so ``seq - 1`` in a gap record fits too."""
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 ID_NAMESPACE = uuid.UUID("6f1d3a7e-3c8b-5e43-9a55-2a1c0c1f7e10")
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 TENANT = r"^[a-z0-9-]{1,64}$"
 
@@ -98,14 +99,23 @@ class Metric(StrEnum):
     RAIN = "rain_mm_h"
 
 
+def uuid5_text(name: str) -> str:
+    """``str(uuid.uuid5(ID_NAMESPACE, name))`` without building a UUID object (the bridge checks every id)."""
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def make_event_id(gateway_id: str, stream: str, seq: int) -> str:
-    """Deterministic id of the ``seq``-th event of one gateway stream."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{gateway_id}/{stream}/{seq}"))
+    """Deterministic id of the ``seq``-th event of one gateway stream (every stage derives ids here)."""
+    return uuid5_text(f"{gateway_id}/{stream}/{seq}")
 
 
 def derived_event_id(source_event_id: str, kind: str, index: int) -> str:
     """Deterministic id of the ``index``-th event of ``kind`` derived from one source event."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{source_event_id}/{kind}/{index}"))
+    return uuid5_text(f"{source_event_id}/{kind}/{index}")
 
 
 class Contract(BaseModel):
@@ -258,7 +268,7 @@ class DeadLetter(Contract):
               now: datetime | None = None) -> DeadLetter:
         """A dead letter whose id is deterministic over stage, topic, reason and bytes."""
         digest = hashlib.sha256(payload).hexdigest()
-        event_id = str(uuid.uuid5(ID_NAMESPACE, f"{stage}/{topic}/{reason}/{digest}"))
+        event_id = uuid5_text(f"{stage}/{topic}/{reason}/{digest}")
         return cls(event_id=event_id, tenant=tenant, stage=stage, reason=reason,
                    detail=detail[:4096], original_topic=topic, original_bytes=payload, headers=headers or {},
                    first_seen_at=now or datetime.now(UTC))

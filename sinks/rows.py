@@ -27,6 +27,7 @@ from citystream.schemas.events import (
     DeviceStatus,
     Event,
     FaceMatch,
+    FrameMeta,
     PlateRead,
     SensorReading,
     error_summary,
@@ -74,6 +75,36 @@ SPECIFIC: dict[str, list[tuple[str, pa.DataType]]] = {
 def arrow_schema(table: str) -> pa.Schema:
     """The Arrow schema of a table's insert block (ingested_at included)."""
     return pa.schema([*COMMON, *SPECIFIC[table], ("ingested_at", TS), *TRAILER])
+
+
+# One contract per table. A table's columns are its contract's fields (``kind`` aside), what the sink adds
+# for provenance, and what it derives; checked here at import and against the migrations by
+# tests/schemas/test_drift.py, so a field added to a contract without its column (or the reverse) is named.
+TABLE_CONTRACTS: dict[str, type[BaseModel]] = {
+    schema.SENSOR_READINGS: SensorReading, schema.PLATE_READS: PlateRead, schema.FACE_MATCHES: FaceMatch,
+    schema.ALERTS: Alert, schema.DEVICE_STATUS: DeviceStatus, schema.FRAME_INDEX: FrameMeta,
+    schema.DEAD_LETTERS: DeadLetter,
+}
+PROVENANCE = ("ingested_at", "kafka_partition", "kafka_offset")
+DERIVED: dict[str, tuple[str, ...]] = {
+    schema.FRAME_INDEX: ("detections", "object_ref", "sha256"),  # the claim-check archiver's
+    schema.DEAD_LETTERS: ("gateway_id", "device_id", "seq", "captured_at", "district"),  # common columns, empty
+}
+
+
+def contract_drift(table: str, model: type[BaseModel]) -> list[str]:
+    """How a table's Arrow columns and its contract's fields disagree, one line per field (empty: they agree)."""
+    fields = [name for name in model.model_fields if name != "kind"]
+    expected = [*fields, *DERIVED.get(table, ())]
+    columns = [name for name in arrow_schema(table).names if name not in PROVENANCE]
+    return ([f"{table}.{name}: contract field {model.__name__}.{name} has no column" for name in expected
+             if name not in columns] +
+            [f"{table}.{name}: column not in contract {model.__name__}" for name in columns if name not in expected])
+
+
+_DRIFT = [line for table, model in TABLE_CONTRACTS.items() for line in contract_drift(table, model)]
+if _DRIFT:  # pragma: no cover - caught by the unit tests
+    raise RuntimeError("sink columns and contracts disagree: " + "; ".join(_DRIFT))
 
 
 class PoisonRecord(Exception):

@@ -160,3 +160,41 @@ def test_frame_meta_properties_are_read_strictly() -> None:
         with pytest.raises(ValidationError):
             frame_meta_strict(bad)
         assert label
+
+
+def test_event_ids_are_uuid5_over_the_contract_namespace() -> None:
+    import uuid
+
+    from citystream.ingest.validate import fast_event_id
+    from citystream.schemas.events import ID_NAMESPACE, derived_event_id, make_event_id, uuid5_text
+
+    for name in ("gw-1/reading/0", "gw-1/reading/18446744073709551615", "สถานี/frame/7", ""):
+        assert uuid5_text(name) == str(uuid.uuid5(ID_NAMESPACE, name))
+    assert make_event_id("gw-1", "reading", 5) == str(uuid.uuid5(ID_NAMESPACE, "gw-1/reading/5"))
+    assert derived_event_id("abc", "plate", 2) == str(uuid.uuid5(ID_NAMESPACE, "abc/plate/2"))
+    assert fast_event_id is make_event_id  # the bridge checks ids with the contract's one function
+
+
+def test_what_the_stages_write_is_in_the_canonical_form_the_store_checks_in_bulk() -> None:
+    import re
+
+    from pydantic import field_validator
+
+    from citystream.schemas.events import SensorReading, make_event_id
+    from citystream.schemas.fast import READING_FORM, canonical_form
+
+    assert READING_FORM is not None, "the bulk path is off: schemas.fast cannot derive SensorReading's form"
+    pattern, limits = READING_FORM
+    reading = SensorReading(event_id=make_event_id("gw-1", "reading", 3), tenant="nakhon-rangsit", gateway_id="gw-1",
+                            device_id="pm-01", seq=3, captured_at=datetime(2026, 11, 25, 12, 0, 3, 14000, tzinfo=UTC),
+                            district="ธัญบุรี", metric="pm25_ug_m3", value=41.5)
+    assert re.fullmatch(pattern, to_json(reading).decode())
+    assert limits["seq"] == ("value", 0, 2**63 - 1) and limits["district"] == ("length", 0, 128)
+
+    class Checked(SensorReading):
+        @field_validator("device_id")
+        @classmethod
+        def _upper(cls, v: str) -> str:
+            return v.upper()
+
+    assert canonical_form(Checked) is None  # a validator it does not know: no bulk path, never a wrong one
