@@ -24,8 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from citystream.ingest.gateway import AuthRefused, Gateway
+from citystream.ingest.provision import provision
 from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import FrameMeta
 from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
@@ -180,6 +182,13 @@ def stack_settings(stack_home: Path, root: str, tmp_path: Path, **gateway: Any) 
     return load_settings(stack_home, overrides)
 
 
+def provisioned(settings: Settings) -> Settings:
+    """The settings with a provisioned identity for their gateway: its own device streams only, like a junction box."""
+    cred = provision(settings, settings.gateway.tenant, settings.gateway.gateway_id, rotate=True)
+    return settings.model_copy(update={"gateway": settings.gateway.model_copy(
+        update={"username": cred["username"], "password": SecretStr(cred["password"])})})
+
+
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
@@ -192,6 +201,7 @@ def test_readings_frames_and_statuses_arrive_with_qos1_metadata_and_last_will(
          "face_every": 2, "district": "รังสิต"}], sensors=[
         {"device_id": "pm-1", "metric": "pm25_ug_m3", "interval_s": 0.05},
         {"device_id": "wl-1", "metric": "water_level_cm", "interval_s": 0.1}])
+    settings = provisioned(settings)
     sub = Subscriber(settings, f"{unique}/#")
     registry = CollectorRegistry()
     gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
@@ -287,6 +297,7 @@ def test_frame_over_the_brokers_packet_limit_is_dropped_and_counted_not_stuck(
     settings = stack_settings(stack_home, unique, tmp_path, gateway_id="gw-big", cameras=[
         {"type": "images", "device_id": "cam-1", "path": str(images), "pattern": "*.png", "loop": False,
          "realtime": False, "width": 4000, "height": 4000, "jpeg_quality": 100, "motion": {"enabled": False}}])
+    settings = provisioned(settings)
     sub = Subscriber(settings, f"{unique}/#")  # every stream, so every row is confirmed
     registry = CollectorRegistry()
     gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
@@ -307,6 +318,7 @@ def test_rows_whose_confirmation_was_lost_are_sent_again_and_then_deleted(
         stack_home: Path, unique: str, tmp_path: Path) -> None:
     settings = stack_settings(stack_home, unique, tmp_path, gateway_id="gw-conf", confirm_timeout_s=1.0, sensors=[
         {"device_id": "pm-1", "metric": "pm25_ug_m3", "interval_s": 0.02}])
+    settings = provisioned(settings)
     lost = {("reading", seq) for seq in (3, 10, 11, 40)}
     sub = Subscriber(settings, f"{unique}/#", withhold=lost)
     registry = CollectorRegistry()
