@@ -19,8 +19,9 @@ Pipeline per frame (all CPU, nothing downloaded; models are the ``.npz`` files s
    the same 77 names; the edit distance lowers the confidence.
 
 A plate is reported when registration x province confidence reaches ``MIN_PLATE_CONFIDENCE``.
-Accuracy (``citystream plates eval``, bench): 95.0-97.0 % exact registration + province on five fresh
-300-scene sets at 720p (1442 of 1500, 96.1 %), about 16-18 frames per CPU-second.
+Accuracy (``citystream plates eval``, see ``docs/plates.md``): on the training renderer's scenes 95.0-97.0 %
+exact registration + province on five fresh 300-scene sets at 720p (1442 of 1500, 96.1 %), about 16-18
+frames per CPU-second; on 500 scenes of the held-out evaluation renderer 56.8 %, with 24 % of plates not found.
 
 Use :class:`PlateReader` (one per thread) or :func:`read_plates` (a per-thread default reader).
 Plates are personal data (PDPA): store :func:`pseudonym` values where the raw text is not needed;
