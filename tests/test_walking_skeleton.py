@@ -16,6 +16,7 @@ from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citystream.demo import Pipeline, probe_bridge
+from citystream.ingest.provision import provision
 from citystream.schemas.events import Metric, SensorReading, make_event_id
 from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import to_json
@@ -34,7 +35,8 @@ def _own_store(settings: Settings, tmp_path: Path) -> Path:
 
 def _publish(settings: Settings, reading: SensorReading) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{reading.gateway_id}-test", protocol=mqtt.MQTTv5)
-    client.username_pw_set(settings.gateway.username, settings.gateway.password.get_secret_value())
+    cred = provision(settings, reading.tenant, reading.gateway_id, rotate=True)  # the gateway's own login
+    client.username_pw_set(cred["username"], cred["password"])
     client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
     try:

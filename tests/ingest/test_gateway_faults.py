@@ -30,7 +30,13 @@ from citystream.settings import Settings, dump_settings
 from citystream.settings.gateway import GatewaySettings
 from citystream.stack import mosquitto
 from tests.conftest import REPO, free_port
-from tests.ingest.test_gateway_publish import Subscriber, assert_complete_and_ordered, metric, stack_settings
+from tests.ingest.test_gateway_publish import (
+    Subscriber,
+    assert_complete_and_ordered,
+    metric,
+    provisioned,
+    stack_settings,
+)
 
 OUTAGE_S = 30.0
 USERS = {"bridge": "bridge-secret"}
@@ -148,6 +154,7 @@ def test_kill_9_loses_nothing_spooled_and_seq_continues(stack_home: Path, unique
                                   {"device_id": "wl-1", "metric": "water_level_cm", "interval_s": 0.05}],
                               cameras=[{"type": "simulated", "device_id": "cam-1", "width": 320, "height": 180,
                                         "fps": 5, "scenes": 2, "face_every": 0}])
+    settings = provisioned(settings)  # the gateway process logs in as gw-k9 itself
     offline = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"port": free_port()})})
     spool_file = tmp_path / "state" / "gw-k9.sqlite3"
 
