@@ -114,6 +114,8 @@ class RawRows:
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)
+    block: pa.Table | None = None  # as written to ``path`` for the store, then as stored
+    path: str | None = None
 
     @property
     def rows(self) -> int:

@@ -10,9 +10,9 @@ Delivery guarantee (effectively exactly once in the analyst views):
    them against the contract's canonical JSON form and parses the ones that pass
    (:class:`citystream.sinks.fast.BulkJson`, no Python per record); any record it does not pass takes
    the full contract path, which alone decides poison records and their DLQ reasons.
-2. Flush: a full window is handed to the inserter thread while the next one fills (one window in
-   flight at most: the consumer waits when the store is slower). There the window's offset ranges go
-   to ``_sink_windows`` (write-ahead) and each table block goes in with an
+2. Flush: the window's offset ranges go to ``_sink_windows`` (write-ahead), then the window is handed
+   to the inserter thread while the next one fills (one window in flight at most: the consumer waits
+   when the store is slower). There each table block goes in with an
    ``insert_deduplication_token`` derived from table + ranges. Back on the consumer's thread, refused
    rows and records failing their contract are produced to the DLQ (stage ``sink``) and delivery is
    confirmed, and only then are the window's offsets committed (synchronously; a failed commit is
@@ -274,13 +274,16 @@ class Sink:
             return
         self.window = Window(self.clock)
         self.metrics.pending.set(0)
+        # Python work here, on the consumer's thread (it would wait for the inserter anyway); the inserter
+        # thread then spends its time in the store, without the GIL.
+        self.writer.log_window(self.settings.sink.group_id, window)
+        self.writer.prepare(window)
         self.in_flight = (window, self.inserter.submit(self._insert, window))
 
     def _insert(self, window: Window) -> list[PoisonRow]:
-        """Log the window ahead, then insert it (the inserter thread)."""
+        """Insert a logged window (the inserter thread)."""
         assert self.writer is not None
-        self.writer.log_window(self.settings.sink.group_id, window)
-        return self.writer.insert_window(window, int(time.time() * 1000), self._per_record)
+        return self.writer.insert_window(window, int(time.time() * 1000), self._per_record, observe=False)
 
     def _complete(self) -> None:
         """Wait for the window in flight; dead-letter its refused rows, confirm DLQ delivery, commit its offsets."""
@@ -298,6 +301,8 @@ class Sink:
             else:
                 self._dead_letter(bad.source, "value_out_of_range", f"{bad.table}: {bad.detail}",
                                   (bad.row["kafka_partition"], bad.row["kafka_offset"]), window)
+        assert self.writer is not None
+        self.writer.observe_latency(window)
         self.inserted(window)
         self._produce_dead(window)
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(window.commit_offsets().items())]

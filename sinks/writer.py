@@ -157,17 +157,21 @@ class Writer:
         self.retrying("window log", SINK_WINDOWS, lambda: self.client.command(sql))
         return window_id
 
-    def insert_window(self, window: Window, ingested_at_ms: int, fallback: Fallback | None = None) -> list[PoisonRow]:
+    def insert_window(self, window: Window, ingested_at_ms: int, fallback: Fallback | None = None,
+                      observe: bool = True) -> list[PoisonRow]:
         """Insert every table block of the window; returns rows refused as poison.
 
         Raw blocks go first: records the store does not pass are handed to ``fallback``, which adds them to
-        the window's rows or dead letters, inserted or produced after.
+        the window's rows or dead letters, inserted or produced after. ``observe=False`` leaves the raw
+        blocks' latency to the caller (:meth:`observe_latency`, e.g. on another thread).
         """
         for raw in [window.raw[t] for t in sorted(window.raw)]:
             if raw.rows:
                 if fallback is None:
                     raise StageError(f"raw block of {raw.table} without a per-record path")
                 self._insert_raw(window, raw, ingested_at_ms, fallback)
+        if observe:
+            self.observe_latency(window)
         poison: list[PoisonRow] = []
         for _table, rows in sorted(window.tables.items()):
             if rows.rows:
@@ -205,33 +209,43 @@ class Writer:
         self.metrics.rows.labels(rows.table).inc(stop - start)
         self.metrics.batch_rows.labels(rows.table).observe(stop - start)
 
+    def prepare(self, window: Window) -> None:
+        """Write the window's raw blocks to their Arrow files (before :meth:`insert_window`, any thread)."""
+        for raw in window.raw.values():
+            if raw.rows and raw.path is None:
+                raw.block = raw.to_arrow()
+                fd, raw.path = tempfile.mkstemp(prefix="citystream-sink-", suffix=".arrow")
+                _write_arrow(fd, raw.block)
+
     def _insert_raw(self, window: Window, raw: RawRows, ingested_at_ms: int, fallback: Fallback) -> None:
         """Insert the block's records parsed by the store; records that do not pass go to ``fallback``.
 
         The common case is one statement. When the store refuses the block (a record does not pass, or a
         value it names), one query finds the records that do not pass; they take the per-record path and
-        the rest is inserted again with the same token (the refused statement wrote nothing).
+        the rest is inserted again with the same token (the refused statement wrote nothing). The records
+        stored stay in ``raw.block`` for :meth:`observe_latency`.
         """
-        block = raw.to_arrow()
-        fd, path = tempfile.mkstemp(prefix="citystream-sink-", suffix=".arrow")
+        self.prepare(window)
+        assert raw.path is not None and raw.block is not None
+        block, path = raw.block, raw.path
         try:
-            _write_arrow(fd, block)
             if not self._insert_json(window, raw.table, path, ingested_at_ms):
                 bad = self._not_passing(raw.table, path)
                 if bad:
                     log.info("records left to the per-record path", extra={"table": raw.table, "records": len(bad)})
                     fallback(window, raw, bad)
-                    block = block.filter(pc.invert(pc.is_in(block.column("n"), pa.array(bad, pa.uint32()))))
+                    block = raw.block = block.filter(pc.invert(pc.is_in(block.column("n"), pa.array(bad, pa.uint32()))))
                     _write_arrow(os.open(path, os.O_WRONLY | os.O_TRUNC), block)
                 if block.num_rows and (not bad or not self._insert_json(window, raw.table, path, ingested_at_ms)):
                     log.warning("bulk insert refused; records go row by row", extra={"table": raw.table})
                     fallback(window, raw, block.column("n").to_pylist())
+                    raw.block = None
                     return
         finally:
             os.unlink(path)
+            raw.path = None
         self.metrics.rows.labels(raw.table).inc(block.num_rows)
         self.metrics.batch_rows.labels(raw.table).observe(block.num_rows)
-        self._observe_latency(raw.table, block)
 
     def _insert_json(self, window: Window, table: str, path: str, ingested_at_ms: int) -> bool:
         """One INSERT … SELECT of the Arrow file at ``path``; False when ClickHouse refuses its data."""
@@ -255,11 +269,16 @@ class Writer:
         bad: list[int] = pa_ipc.open_file(pa.py_buffer(answer)).read_all().column("bad")[0].values.to_pylist()
         return bad
 
-    def _observe_latency(self, table: str, block: pa.Table) -> None:
-        """Capture-to-insert latency of every stored record, read from its canonical JSON (``captured_at``)."""
-        stamps = pc.struct_field(pc.extract_regex(pc.cast(block.column("raw"), pa.string()), _CAPTURED), [0])
-        captured = pc.divide(pc.cast(pc.cast(stamps, pa.timestamp("us", tz="UTC")), pa.int64()), 1000)
-        self.metrics.e2e.observe_block(table, pa.table({"captured_at": captured}), int(time.time() * 1000))
+    def observe_latency(self, window: Window) -> None:
+        """Capture-to-insert latency of every record stored from the window's raw blocks (their ``captured_at``)."""
+        now_ms = int(time.time() * 1000)
+        for raw in window.raw.values():
+            if raw.block is None or raw.block.num_rows == 0:
+                continue
+            stamps = pc.struct_field(pc.extract_regex(pc.cast(raw.block.column("raw"), pa.string()), _CAPTURED), [0])
+            captured = pc.divide(pc.cast(pc.cast(stamps, pa.timestamp("us", tz="UTC")), pa.int64()), 1000)
+            self.metrics.e2e.observe_block(raw.table, pa.table({"captured_at": captured}), now_ms)
+            raw.block = None
 
 
 def _write_arrow(fd: int, table: pa.Table) -> None:
