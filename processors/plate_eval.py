@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from citystream.processors.plate_synth import road_scene_with_plate
-from citystream.processors.plates import Bbox, PlateResult, read_plates
+from citystream.processors.plates import Bbox, PlateReader, PlateResult, read_plates
 
 RENDERERS = ("train", "eval")
 FOUND_IOU = 0.3
@@ -147,8 +147,11 @@ class _Tally:
         }
 
 
-def evaluate(n: int, seed: int, width: int = 1280, height: int = 720, renderer: str = "train") -> dict[str, Any]:
+def evaluate(n: int, seed: int, width: int = 1280, height: int = 720, renderer: str = "train",
+             reader: PlateReader | None = None) -> dict[str, Any]:
     """Generate ``n`` labelled road scenes from ``seed`` with ``renderer``, read them; return accuracy and speed.
+
+    ``reader`` (default: the shipped models) lets candidate models be compared on the same scenes.
 
     ``accuracy`` counts a scene when one reading has both the exact registration and the province.
     ``false_positives`` counts readings whose registration is not the scene's plate.
@@ -168,7 +171,7 @@ def evaluate(n: int, seed: int, width: int = 1280, height: int = 720, renderer: 
         wall, cpu = time.perf_counter(), time.process_time()
         frame = cv2.imdecode(np.asarray(jpeg), cv2.IMREAD_COLOR)
         decoded_wall, decoded_cpu = time.perf_counter(), time.process_time()
-        results = read_plates(frame)
+        results = reader.read(frame) if reader is not None else read_plates(frame)
         read_wall += time.perf_counter() - decoded_wall
         read_cpu += time.process_time() - decoded_cpu
         decode_wall += decoded_wall - wall

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from citystream.cli import config_option, settings_of
-from citystream.processors.plates import PlateResult, pseudonym, read_plates
+from citystream.processors.plates import PlateReader, PlateResult, pseudonym, read_plates
 from citystream.processors.vision import FrameRejected, decode
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -158,13 +158,30 @@ def read_command(ctx: click.Context, images: tuple[str, ...], as_json: bool, ten
 @click.option("--height", type=click.IntRange(64), default=720, show_default=True)
 @click.option("--renderer", type=click.Choice(["train", "eval"]), default="eval", show_default=True,
               help="Scene generator: 'eval' (held-out fonts, styles and cameras, never trained on) or 'train'.")
-def eval_command(scenes: int, seed: int, width: int, height: int, renderer: str) -> None:
+@click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Read with the .npz classifiers in this folder (e.g. a fresh `plates train --out-dir`).")
+def eval_command(scenes: int, seed: int, width: int, height: int, renderer: str, model_dir: Path | None) -> None:
     """Exact registration + province rate, not-found rate, character confusions and frames/s, as JSON."""
     from citystream.processors.plate_eval import evaluate
 
+    reader = _reader_from(model_dir) if model_dir is not None else None
     with progress(f"reading {scenes} synthetic scenes ({renderer} renderer)"):
-        figures = evaluate(scenes, seed, width, height, renderer)
+        figures = evaluate(scenes, seed, width, height, renderer, reader)
     click.echo(json.dumps(figures))
+
+
+def _reader_from(model_dir: Path) -> PlateReader:
+    """A reader with the character and province classifiers found in ``model_dir``."""
+    from citystream.processors.plate_classify import CLASSES, MODEL_PATH, load_mlp
+    from citystream.processors.plate_province import PROVINCE_MODEL_PATH
+    from citystream.processors.provinces import PROVINCES
+
+    try:
+        return PlateReader(load_mlp(model_dir / MODEL_PATH.name, tuple(CLASSES)),
+                           load_mlp(model_dir / PROVINCE_MODEL_PATH.name, PROVINCES))
+    except (OSError, KeyError, ValueError) as exc:
+        raise click.BadParameter(f"cannot load the classifiers in {model_dir}: {exc}",
+                                 param_hint="--model-dir") from exc
 
 
 @plates.command("train")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from citystream.processors.plate_classify import MODEL_PATH
 from citystream.processors.plate_eval import char_confusions, evaluate, scene_maker
 from citystream.processors.plate_format import is_registration
 from citystream.processors.plate_scenes_eval import digit_font, eval_fonts, eval_plate, eval_scene
@@ -98,3 +100,16 @@ def test_eval_command_takes_the_renderer_and_keeps_its_json_keys() -> None:
             "frames_per_cpu_s", "misses", "not_found_rate", "char_confusions"} <= set(figures)
     bad = CliRunner().invoke(plates, ["eval", "-n", "1", "--renderer", "other"])
     assert bad.exit_code == 2
+
+
+def test_eval_command_reads_with_the_classifiers_of_a_model_dir(tmp_path: Path) -> None:
+    args = ["eval", "-n", "3", "--seed", "13", "--width", "640", "--height", "360", "--renderer", "eval"]
+    shipped = json.loads(CliRunner().invoke(plates, args).output)
+    same = CliRunner().invoke(plates, [*args, "--model-dir", str(MODEL_PATH.parent)])
+    assert same.exit_code == 0, same.output
+    again = json.loads(same.output)
+    keys = ("exact", "not_found", "misses")
+    assert [again[k] for k in keys] == [shipped[k] for k in keys]
+    empty = CliRunner().invoke(plates, [*args, "--model-dir", str(tmp_path)])
+    assert empty.exit_code == 2 and "cannot load the classifiers" in empty.output
+
