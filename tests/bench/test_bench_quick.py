@@ -38,7 +38,8 @@ def test_bench_quick_reports_every_stage_against_its_ceiling(stack_home: Path, t
         stage = doc["stages"][key]
         assert "error" not in stage, (key, stage)
         assert set(stage) >= {"value", "unit", "ceiling", "ratio"}, (key, stage)
-        assert stage["value"] > 0, (key, stage)
+        # plate accuracy on 3 scenes of the held-out renderer may honestly be 0 (its range is checked below)
+        assert stage["value"] > 0 or key == "plate_accuracy", (key, stage)
         if stage["ceiling"] is not None:
             assert math.isclose(stage["ratio"], stage["value"] / stage["ceiling"], rel_tol=1e-2), (key, stage)
 
