@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from citystream.sinks.rows import Row, arrow_schema
@@ -158,6 +159,22 @@ class Window:
             rng[1] = max(rng[1], offset)
         self.size_bytes += size
 
+    def track_many(self, topic: str, partitions: list[int], offsets: list[int], size: int) -> None:
+        """Record that records of ``topic`` at these partitions/offsets (each partition in order) are in the window."""
+        if self.opened_at is None:
+            self.opened_at = self.clock()
+        parts = np.asarray(partitions)
+        offs = np.asarray(offsets, dtype=np.int64)
+        for partition in np.unique(parts).tolist():
+            mine = offs[parts == partition]
+            first, last = int(mine[0]), int(mine.max())
+            rng = self.ranges.get((topic, partition))
+            if rng is None:
+                self.ranges[(topic, partition)] = [first, last]
+            else:
+                rng[1] = max(rng[1], last)
+        self.size_bytes += size
+
     def add(self, table: str, row: Row, source: Source) -> None:
         """Add a row for ``table``."""
         rows = self.tables.get(table)
@@ -184,6 +201,18 @@ class Window:
         raw.offsets.append(offset)
         raw.messages.append(message)
         self.rows += 1
+
+    def add_raw_many(self, table: str, values: list[bytes], partitions: list[int], offsets: list[int],
+                     messages: list[Any]) -> None:
+        """Add records for ``table`` as their JSON bytes (the lists are parallel)."""
+        raw = self.raw.get(table)
+        if raw is None:
+            raw = self.raw[table] = RawRows(table)
+        raw.values.extend(values)
+        raw.partitions.extend(partitions)
+        raw.offsets.extend(offsets)
+        raw.messages.extend(messages)
+        self.rows += len(values)
 
     def add_dead(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Queue a dead letter (JSON value) for the DLQ topic."""

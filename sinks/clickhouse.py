@@ -178,25 +178,33 @@ class Sink:
 
     # ---- records ---------------------------------------------------------------------------
     def _handle_all(self, messages: list[Any]) -> None:
-        """Handle a consumed batch: records of a bulk route are kept as bytes, the rest go one by one."""
+        """Handle a consumed batch: records of a bulk route are kept as bytes (column-wise), the rest one by one."""
         if self.replay is not None:  # set only by the assign callback, i.e. inside consume(), never mid-batch
             for msg in messages:
                 self._handle(msg)
             return
-        window, routes = self.window, self.routes
-        track, add_raw = window.track, window.add_raw
-        for msg in messages:
-            if msg.error() is not None:
-                self._handle(msg)
-                continue
-            topic, value = msg.topic(), msg.value()
-            route = routes[topic]
-            if route.bulk is None or value is None:
-                self._handle(msg)
-                continue
-            partition, offset = msg.partition(), msg.offset()
-            track(topic, partition, offset, len(value))
-            add_raw(route.table, value, partition, offset, msg)
+        topics = [msg.topic() for msg in messages]
+        kinds = set(topics)
+        for topic in kinds:
+            mine = messages if len(kinds) == 1 else [m for m, t in zip(messages, topics, strict=True) if t == topic]
+            route = self.routes.get(topic) if topic is not None else None
+            if route is None or route.bulk is None or not self._add_bulk(topic, route.table, mine):
+                for msg in mine:
+                    self._handle(msg)
+
+    def _add_bulk(self, topic: str, table: str, messages: list[Any]) -> bool:
+        """Keep records of one bulk topic as bytes, with list comprehensions, no Python call per record.
+
+        False (nothing kept) when one of them is an error or has no value: then they go one by one.
+        """
+        values = [m.value() for m in messages]
+        if None in values or any([m.error() is not None for m in messages]):
+            return False
+        partitions = [m.partition() for m in messages]
+        offsets = [m.offset() for m in messages]
+        self.window.track_many(topic, partitions, offsets, sum(map(len, values)))
+        self.window.add_raw_many(table, values, partitions, offsets, messages)
+        return True
 
     def _per_record(self, window: Window, raw: RawRows, indices: list[int]) -> None:
         """Records of a raw block the store did not pass: the contract decides, row or dead letter."""
