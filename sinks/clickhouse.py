@@ -59,7 +59,7 @@ from citystream.sinks.batch import RawRows, Window
 from citystream.sinks.frames import FrameArchiver
 from citystream.sinks.metrics import SinkMetrics
 from citystream.sinks.query_server import QueryServer
-from citystream.sinks.replay import Replay, pending_window
+from citystream.sinks.replay import Replay, committed_offsets, pending_window
 from citystream.sinks.rows import ROUTES, PoisonRecord, to_row
 from citystream.sinks.writer import PoisonRow, StageError, Stopped, Writer
 
@@ -312,7 +312,7 @@ class Sink:
         assert self.writer is not None
         self.writer.observe_latency(window)
         self.inserted(window)
-        self._produce_dead(window)
+        self.writer.produce_dead(self.producer, window.dead)
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(window.commit_offsets().items())]
         self._commit(offsets)
         self.metrics.windows.inc()
@@ -352,27 +352,6 @@ class Sink:
                     break
         self.metrics.commit_failures.inc()
 
-    def _produce_dead(self, window: Window) -> None:
-        if not window.dead:
-            return
-        failures: list[str] = []
-
-        def report(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        assert self.writer is not None
-        pending = list(window.dead)
-
-        def produce_all() -> None:
-            failures.clear()
-            for topic, value, key in pending:
-                self.producer.produce(topic, value=value, key=key, on_delivery=report)
-            if self.producer.flush(30) > 0 or failures:
-                raise ConnectionError(f"DLQ delivery failed: {failures[:3] or 'timeout'}")
-
-        self.writer.retrying("dlq produce", "dlq", produce_all)
-
     def _update_lag(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
             try:
@@ -389,7 +368,7 @@ class Sink:
         consumer.assign(partitions)
         if self.writer is None or not partitions:
             return
-        found = self._committed(consumer, partitions)
+        found = committed_offsets(consumer, partitions, self.stop, COMMITTED_ATTEMPTS)
         if found is None:
             log.warning("committed offsets unavailable: the logged window is not replayed (its copies, if any, "
                         "are hidden by the v_* views)", extra={"partitions": len(partitions)})
@@ -404,18 +383,6 @@ class Sink:
             consumer.pause(others)
         self.metrics.replayed.inc()
         log.warning("replaying the logged, uncommitted window", extra={"partitions": len(ranges)})
-
-    def _committed(self, consumer: Any, partitions: list[Any]) -> list[Any] | None:
-        """The group's committed offsets, asked a few times (a restarted broker answers late); None if not."""
-        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
-            try:
-                found: list[Any] = consumer.committed(partitions, timeout=10)
-                return found
-            except KafkaException as exc:
-                log.warning("committed offsets lookup failed", extra={"attempt": attempt, "error": str(exc)})
-                if self.stop.wait(min(2.0 * attempt, 10.0)):
-                    break
-        return None
 
     def _finish_replay(self) -> None:
         replay = self.replay

@@ -13,16 +13,33 @@ event_id) hide the copies.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from citystream.schemas.migrate import SINK_WINDOWS
 from citystream.sinks.batch import TopicPartition
 
 log = logging.getLogger(__name__)
 OFFSET_INVALID = -1001
+
+
+def committed_offsets(consumer: Any, partitions: list[Any], stop: threading.Event,
+                      attempts: int) -> list[Any] | None:
+    """The group's committed offsets, asked a few times (a restarted broker answers late); None if not."""
+    for attempt in range(1, attempts + 1):
+        try:
+            found: list[Any] = consumer.committed(partitions, timeout=10)
+            return found
+        except KafkaException as exc:
+            log.warning("committed offsets lookup failed", extra={"attempt": attempt, "error": str(exc)})
+            if stop.wait(min(2.0 * attempt, 10.0)):
+                break
+    return None
 
 
 def pending_window(client: Any, database: str, group_id: str,

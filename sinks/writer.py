@@ -157,6 +157,25 @@ class Writer:
         self.retrying("window log", SINK_WINDOWS, lambda: self.client.command(sql))
         return window_id
 
+    def produce_dead(self, producer: Any, dead: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Produce dead letters (topic, value, key) and wait for every delivery; retried like an outage."""
+        if not dead:
+            return
+        failures: list[str] = []
+
+        def report(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        def produce_all() -> None:
+            failures.clear()
+            for topic, value, key in dead:
+                producer.produce(topic, value=value, key=key, on_delivery=report)
+            if producer.flush(30) > 0 or failures:
+                raise ConnectionError(f"DLQ delivery failed: {failures[:3] or 'timeout'}")
+
+        self.retrying("dlq produce", "dlq", produce_all)
+
     def insert_window(self, window: Window, ingested_at_ms: int, fallback: Fallback | None = None,
                       observe: bool = True) -> list[PoisonRow]:
         """Insert every table block of the window; returns rows refused as poison.

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from citystream.sinks.clickhouse import COMMITTED_ATTEMPTS, Sink
+from citystream.sinks.clickhouse import COMMITTED_ATTEMPTS
 from citystream.sinks.frames import FrameArchiver, PendingFrame
+from citystream.sinks.replay import committed_offsets
 
 pytestmark = pytest.mark.unit
 
@@ -77,10 +78,9 @@ def test_frame_archiver_backs_off_on_offset_lookup_errors_and_asks_again() -> No
 
 
 def test_sink_rides_out_committed_offsets_timeouts_on_assignment() -> None:
-    sink = Sink.__new__(Sink)
-    sink.stop = NoWait()
     parts = [TopicPartition("raw.readings", 0)]
     flaky = FlakyConsumer(failures=COMMITTED_ATTEMPTS - 1)
-    found = sink._committed(flaky, parts)
+    found = committed_offsets(flaky, parts, NoWait(), COMMITTED_ATTEMPTS)
     assert found is not None and found[0].offset == 0 and flaky.calls == COMMITTED_ATTEMPTS
-    assert sink._committed(FlakyConsumer(failures=COMMITTED_ATTEMPTS), parts) is None, "gives up, does not raise"
+    assert committed_offsets(FlakyConsumer(failures=COMMITTED_ATTEMPTS), parts, NoWait(),
+                             COMMITTED_ATTEMPTS) is None, "gives up, does not raise"
