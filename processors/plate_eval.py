@@ -9,7 +9,9 @@ cameras, used only here). Pass a seed that was not used for training or tuning (
 Besides the exact rate, the report counts scenes where the plate was **not found** (no reading whose
 box overlaps the plate's by IoU >= ``FOUND_IOU``) and the **character confusions** of wrong
 registrations (the reading on the plate aligned to the truth by edit distance; ``""`` marks a dropped
-or an extra character), with accuracy per plate style and per scene condition.
+or an extra character), with accuracy per plate style and per scene condition, and ``calibration``: for
+the reading on the plate, per confidence decile, how many reads and how many were right (registration
+and province) — measured only, nothing is fitted to it.
 
 Speed is measured on the frame as a worker sees it: the scene is JPEG-encoded (quality 90) once,
 then JPEG decode (the ceiling) and decode + read are timed separately. ``*_per_cpu_s`` figures
@@ -34,6 +36,7 @@ from citystream.processors.plates import Bbox, PlateReader, PlateResult, read_pl
 RENDERERS = ("train", "eval")
 FOUND_IOU = 0.3
 TOP_CONFUSIONS = 15
+CONFIDENCE_BINS = 10
 Truth = tuple[str, str, Bbox, str, tuple[str, ...]]  # registration, province, bbox, style, conditions
 SceneMaker = Callable[[random.Random, int, int], tuple[NDArray[np.uint8], Truth]]
 
@@ -119,6 +122,7 @@ class _Tally:
         self.chars: Counter[tuple[str, str]] = Counter()
         self.provinces: Counter[tuple[str, str]] = Counter()
         self.groups: dict[str, list[int]] = {}
+        self.bins = [[0, 0] for _ in range(CONFIDENCE_BINS)]  # per confidence decile: reads, right reads
 
     def add(self, truth: Truth, results: list[PlateResult], exact: bool) -> None:
         """Count one scene."""
@@ -131,6 +135,9 @@ class _Tally:
         if reading is None:
             self.not_found += 1
             return
+        seen = self.bins[min(int(reading.confidence * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)]
+        seen[0] += 1
+        seen[1] += reading.registration == registration and reading.province == province
         self.chars.update(char_confusions(registration, reading.registration))
         if reading.province != province:
             self.provinces[(province, reading.province)] += 1
@@ -142,6 +149,9 @@ class _Tally:
             "not_found_rate": self.not_found / n if n else 0.0,
             "char_confusions": [[t, r, c] for (t, r), c in self.chars.most_common(TOP_CONFUSIONS)],
             "province_confusions": [[t, r, c] for (t, r), c in self.provinces.most_common(TOP_CONFUSIONS)],
+            "calibration": [{"confidence": [i / CONFIDENCE_BINS, (i + 1) / CONFIDENCE_BINS], "reads": b[0],
+                             "right": b[1], "right_rate": round(b[1] / b[0], 4) if b[0] else None}
+                            for i, b in enumerate(self.bins) if b[0]],
             "accuracy_by": {k: {"exact": v[0], "n": v[1], "accuracy": round(v[0] / v[1], 4)}
                             for k, v in sorted(self.groups.items())},
         }

@@ -84,6 +84,10 @@ def test_evaluate_reports_per_renderer_not_found_confusions_and_groups() -> None
     styles = {k: v for k, v in report["accuracy_by"].items() if k.startswith("style:")}
     assert sum(v["n"] for v in styles.values()) == 4
     assert sum(v["exact"] for v in styles.values()) == report["exact"]
+    calibration = report["calibration"]
+    assert sum(b["reads"] for b in calibration) == 4 - report["not_found"]  # one reading per found plate
+    assert sum(b["right"] for b in calibration) <= report["exact"]
+    assert all(0.0 <= b["confidence"][0] < b["confidence"][1] <= 1.0 for b in calibration)
     assert all(not k.startswith("font:") or k[5:] in {p.stem for p in eval_fonts()}
                for k in report["accuracy_by"])
     with pytest.raises(ValueError, match="unknown renderer"):
