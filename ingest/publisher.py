@@ -101,6 +101,14 @@ class GatewayMetrics:
         self.bridge_ready = Gauge("citystream_gateway_bridge_ready", "Gateways that saw a bridge announcement on "
                                   "their current connection (they publish only then)", registry=registry)
         self.cameras_up = Gauge("citystream_gateway_cameras_up", "Cameras delivering frames", registry=registry)
+        for family, reasons in ((self.connect_failures, ("unreachable", "auth", "refused")),
+                                (self.dropped, ("spool_full", "spool_error", "bad_frame", "bad_reading", "too_large")),
+                                (self.camera_errors, ("not_found", "open_failed", "read_failed", "crashed"))):
+            for reason in reasons:  # zero series from the start, so rules and panels see them
+                family.labels(reason)
+        for family in (self.captured, self.published, self.spooled, self.replayed, self.bytes, self.resent):
+            for stream in ("reading", "frame", "status"):
+                family.labels(stream)
 
 
 @dataclass

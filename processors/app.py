@@ -70,6 +70,11 @@ FACE_CAMERA_LABELS = 200
 SENSOR_TABLE = "sensor-state"
 
 
+# The worker's usual dead-letter reasons (agents and detectors), pre-labelled at zero.
+WORKER_DLQ_REASONS = ("invalid_reading", "out_of_range", "bad_frame_meta", "vision_error", "vision_timeout",
+                      "invalid_output", "no_pseudonym_key")
+
+
 class WorkerMetrics:
     """Prometheus collectors of the worker (labels bounded: outcomes, reasons, capped camera ids)."""
 
@@ -92,6 +97,11 @@ class WorkerMetrics:
                                registry=registry)
         self.stalls = Counter("citystream_worker_stalls_total",
                               "Times the worker found its input waiting unprocessed and stopped", registry=registry)
+        for family, values in ((self.dlq, WORKER_DLQ_REASONS), (self.frames, ("ok", "rejected")),
+                               (self.readings, ("ok", "late", "invalid", "out_of_range")),
+                               (self.plates, ("hit", "miss"))):
+            for value in values:  # zero series from the start, so rules and panels see them
+                family.labels(value)
         self.ready = Gauge("citystream_worker_ready", "1 once partitions are assigned and tables recovered",
                            registry=registry)
         self._cameras: set[str] = set()
@@ -240,6 +250,8 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
                         cooldown=Cooldown(timedelta(seconds=settings.worker.alert_cooldown_s)))
     for name, base in {**detectors.outputs(pool.detectors), "alerts": ALERTS, "dlq": DLQ}.items():
         ctx.topics[name] = app.topic(prefix(base), key_serializer="raw", value_serializer="raw")
+    for topic in (prefix(RAW_FRAMES), prefix(RAW_READINGS)):
+        ctx.metrics.dropped.labels(topic)
     faust_fixes.watch(app, lambda topic, _partition, _offset: ctx.metrics.dropped.labels(topic).inc())
     frames_agent.register(app, ctx)
     register_readings(app, ctx)

@@ -175,6 +175,9 @@ class Dispatcher:
         self.counter = Counter("citystream_worker_notifications_total", "Alert notifications by outcome",
                                ["notifier", "outcome"], registry=registry)
         self.channels = [Channel(f"{i}-{c.type}", c, self.counter) for i, c in enumerate(configs)]
+        for channel in self.channels:
+            for outcome in ("sent", "retried", "failed", "dropped"):
+                self.counter.labels(channel.name, outcome)
         self._tasks: list[asyncio.Task[Any]] = []
         self._session: aiohttp.ClientSession | None = None
 

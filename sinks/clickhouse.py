@@ -89,7 +89,7 @@ class Sink:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.clock = clock
-        self.metrics = SinkMetrics(registry)
+        self.metrics = SinkMetrics(registry, tables=[route.table for route in ROUTES.values()])
         self.routes = {settings.kafka.topic(base): route for base, route in ROUTES.items()}
         self.dlq_topic = settings.kafka.topic(topics.DLQ)
         self.window = Window(clock)

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# The sink's dead-letter reasons (sinks/rows.py PoisonRecord, sinks/clickhouse.py), pre-labelled at zero.
+SINK_DLQ_REASONS = ("empty_record", "not_json", "schema_mismatch", "value_out_of_range", "unstorable_dead_letter")
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -60,7 +62,7 @@ class BlockLatency(Collector):
 class SinkMetrics:
     """The sink's collectors, registered on the given registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, tables: Iterable[str] = ()) -> None:
         self.e2e = BlockLatency(registry)
         self.rows = Counter("citystream_sink_rows_inserted_total", "Rows inserted into ClickHouse", ["table"],
                             registry=registry)
@@ -74,6 +76,11 @@ class SinkMetrics:
                                ["table"], registry=registry)
         self.dlq = Counter("citystream_sink_dlq_total", "Records sent to the DLQ by the sink", ["reason"],
                            registry=registry)
+        for reason in SINK_DLQ_REASONS:  # zero series from the start, so rules and panels see them
+            self.dlq.labels(reason)
+        for table in tables:
+            self.rows.labels(table)
+            self.retries.labels(table)
         self.pending = Gauge("citystream_sink_window_rows", "Rows consumed into the open window, not yet inserted",
                              registry=registry)
         self.windows = Counter("citystream_sink_windows_committed_total", "Batch windows inserted and committed",
@@ -83,6 +90,8 @@ class SinkMetrics:
                                        registry=registry)
         self.frames = Counter("citystream_sink_frames_total", "Camera frames decided by the claim-check archiver",
                               ["outcome"], registry=registry)
+        for outcome in ("stored", "no_detection", "invalid", "index_refused"):
+            self.frames.labels(outcome)
         self.replayed = Counter("citystream_sink_windows_replayed_total",
                                 "Windows rebuilt from the write-ahead log after a crash", registry=registry)
         self.ready = Gauge("citystream_sink_ready", "1 while the sink holds a group assignment (possibly empty)",

@@ -128,7 +128,7 @@ def counts(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
     out = {}
     for family in registry.collect():
         for sample in family.samples:
-            if sample.name == "citystream_worker_notifications_total":
+            if sample.name == "citystream_worker_notifications_total" and sample.value:  # zero series are pre-made
                 out[(sample.labels["notifier"], sample.labels["outcome"])] = sample.value
     return out
 
