@@ -40,6 +40,8 @@ logger.kafka.name = kafka
 logger.kafka.level = info
 logger.server.name = org.apache.kafka.server
 logger.server.level = info
+logger.groups.name = org.apache.kafka.coordinator.group.GroupMetadataManager
+logger.groups.level = info
 """
 
 
