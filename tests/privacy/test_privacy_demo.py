@@ -71,5 +71,8 @@ def test_a_plate_seen_in_the_demo_is_found_erased_and_audited(settings: Settings
         assert left[0]["n"] == 0, table
     log = run_json(config, "privacy", "audit")
     assert [e["action"] for e in log] == ["privacy.search", "privacy.erase", "privacy.search"]
-    assert {e["subject"] for e in log} == {f"plate:{seen['pseudonym']}"}
+    subjects = [e["subject"] for e in log]
+    assert subjects[:2] == [f"plate:{seen['pseudonym']}"] * 2
+    # the search after the erasure may find no stored read left to name the tenant whose key makes the pseudonym
+    assert subjects[2] in {f"plate:{seen['pseudonym']}", "plate (no stored reads to key it)"}
     assert seen["registration"] not in json.dumps(log, ensure_ascii=False)

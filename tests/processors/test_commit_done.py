@@ -30,6 +30,7 @@ from tests.processors.worker_helpers import (
     produce_at,
     start_worker,
     stop_worker,
+    wait_for_metric,
     worker_settings_for,
 )
 
@@ -58,7 +59,7 @@ def outputs_by_frame(outputs: Outputs) -> dict[str, set[str]]:
 def test_no_committed_frame_lacks_its_outputs_after_a_kill(settings: Settings, tmp_path: Path) -> None:
     s = worker_settings_for(settings, tmp_path)
     s = s.model_copy(update={"worker": s.worker.model_copy(update={"instance_id": "commit-done"})})
-    records = interleaved(12)
+    records = interleaved(30)  # seconds of vision work: the first commit (every 2.8 s) lands mid-backlog
     where = produce_at(s, records)
     frame_of = {pos: dict(headers)["event_id"] for pos, (_, _, _, headers) in zip(where, records, strict=True)}
     config, log_path = tmp_path / "worker.yaml", tmp_path / "worker.log"
@@ -83,6 +84,10 @@ def test_no_committed_frame_lacks_its_outputs_after_a_kill(settings: Settings, t
             before = outputs_by_frame(outputs)
             proc = start_worker(s, config, log)  # the same instance id: back at once, no rebalance wait
             try:
+                # ready first: the killed worker may have committed everything already, and a SIGTERM before
+                # Faust installs its handlers ends the process by the signal instead of a clean stop
+                ready = wait_for_metric(proc, s.metrics.port, "citystream_worker_ready", 1, 90)
+                assert ready == 1, log_path.read_text()[-3000:]
                 deadline = time.monotonic() + 150
                 while not all_committed(*committed_and_ends(s, RAW_FRAMES)) and time.monotonic() < deadline:
                     assert proc.poll() is None, log_path.read_text()[-3000:]
