@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from citystream.settings.base import Section
 
@@ -33,3 +33,11 @@ class StackSettings(Section):
     test_publisher: bool = Field(False, description="also create the 'test-publisher' MQTT login, which may publish "
                                  "anything (tests of malformed traffic) and becomes gateway.username; never on a "
                                  "stack real gateways use: gateways log in with provisioned identities")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> StackSettings:
+        """MQTT, Kafka and the Kafka controller each need a port of their own."""
+        ports = [self.mqtt_port, self.kafka_port, self.kafka_controller_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"mqtt_port, kafka_port and kafka_controller_port must differ, got {ports}")
+        return self

@@ -114,9 +114,19 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed out before.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first is closed, so
+    ports for one stack (MQTT, Kafka, its controller) picked one after another could otherwise collide.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port

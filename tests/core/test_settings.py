@@ -89,3 +89,12 @@ def test_dumped_settings_reveal_secrets_inside_dicts_and_lists(tmp_path: Path) -
     assert dumped["worker"]["pseudonym_keys"] == {"*": key}
     assert "*****" not in yaml.safe_dump(dumped)
     assert len(key) >= 32 and key != local.credentials(tmp_path / "other")["pseudonym"], "a random key per install"
+
+
+def test_stack_ports_must_differ_and_free_ports_are_never_handed_out_twice() -> None:
+    from citystream.stack.procs import free_port
+
+    with pytest.raises(ConfigError, match="must differ"):
+        load_settings(None, {"stack.kafka_port": 9093, "stack.kafka_controller_port": 9093})
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
