@@ -67,7 +67,7 @@ ENTRYPOINT ["citystream"]
 CMD ["--config", "/etc/citystream/citystream.yaml", "gateway"]
 
 FROM base AS simulator
-# Thai fonts: simulated plates are drawn with them (processors/plate_synth.py)
+# Thai fonts: simulated plates are drawn with them (processors/plates/synth.py)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends fonts-thai-tlwg=1:0.7.3-1 \
  && rm -rf /var/lib/apt/lists/*

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import orjson
 
-from citystream.ingest.validate import fast_event_id
+from citystream.ingest.bridge.validate import fast_event_id
 from citystream.schemas.topics import mqtt_topic
 
 TENANT = "bench"

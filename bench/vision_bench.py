@@ -39,7 +39,7 @@ WIDTH, HEIGHT, QUALITY = 1280, 720, 80
 
 def simulator_jpegs(count: int, seed: int) -> list[bytes]:
     """``count`` simulator road scenes (720p) as JPEG bytes."""
-    from citystream.ingest.scenes import scene_set
+    from citystream.ingest.gateway.scenes import scene_set
 
     out = []
     for frame in scene_set(seed, count, WIDTH, HEIGHT, face_every=2):
@@ -91,10 +91,10 @@ def vision_in_child(count: int, accuracy_n: int) -> dict[str, Entry]:
 
 def vision_stages(count: int, accuracy_n: int) -> dict[str, Entry]:
     """Decode ceiling, plates and faces frames/s per core, and plate accuracy on a fresh labelled set."""
-    from citystream.ingest.scenes import packaged_face
-    from citystream.processors import plate_eval
-    from citystream.processors.faces import analyse_faces, single_template
-    from citystream.processors.plates import read_plates
+    from citystream.ingest.gateway.scenes import packaged_face
+    from citystream.processors.faces.faces import analyse_faces, single_template
+    from citystream.processors.plates import evaluate as plate_eval
+    from citystream.processors.plates.plates import read_plates
 
     jpegs = simulator_jpegs(count, seed=random.randrange(1 << 30))
     out: dict[str, Entry] = {}

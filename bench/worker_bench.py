@@ -24,7 +24,7 @@ from citystream.bench import messages
 from citystream.bench.common import Entry, Procs, entry, tag
 from citystream.bench.worker_io import GATEWAY, T0, Feed, Worker, plate_jpegs
 from citystream.bench.worker_loop import loop_settings, rebalance_loop
-from citystream.ingest.validate import fast_event_id
+from citystream.ingest.bridge.validate import fast_event_id
 from citystream.schemas.topics import ALERTS, RAW_READINGS
 from citystream.settings import Settings
 

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from citystream.bench import messages
 from citystream.bench.common import Procs
-from citystream.ingest.validate import fast_event_id
+from citystream.ingest.bridge.validate import fast_event_id
 from citystream.schemas.topics import ALERTS, DLQ, PLATE_READS, RAW_FRAMES, RAW_READINGS
 from citystream.settings import Settings
 from citystream.stack.procs import free_port
@@ -39,7 +39,7 @@ STALLED_EXIT = 3
 
 def plate_jpegs(count: int, seed: int) -> list[bytes]:
     """``count`` 720p simulator road scenes with one Thai plate each, as JPEG bytes."""
-    from citystream.processors.plate_synth import road_scene_with_plate
+    from citystream.processors.plates.synth import road_scene_with_plate
 
     rng = random.Random(seed)
     out = []

@@ -1,6 +1,6 @@
 """``citystream``: the one command. Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
 
-Stage subcommands live beside their stage (``ingest/bridge_cli.py`` …) and are imported only
+Stage subcommands live beside their stage (``ingest/bridge/cli.py`` …) and are imported only
 when invoked, so ``citystream --help`` stays fast and one stage's heavy imports never slow another.
 
 A Kafka, ClickHouse or MQTT failure that a subcommand does not handle itself ends in one line on
@@ -27,12 +27,12 @@ from citystream.settings import ConfigError, Settings, load_settings
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "stack": ("citystream.stack.cli", "stack",
               "Local stack: Mosquitto + Kafka as processes, ClickHouse embedded."),
-    "gateway": ("citystream.ingest.gateway_cli", "gateway", "Run an edge gateway, or simulate a city of them."),
-    "bridge": ("citystream.ingest.bridge_cli", "bridge", "MQTT -> Kafka bridge (acks devices once Kafka has it)."),
+    "gateway": ("citystream.ingest.gateway.cli", "gateway", "Run an edge gateway, or simulate a city of them."),
+    "bridge": ("citystream.ingest.bridge.cli", "bridge", "MQTT -> Kafka bridge (acks devices once Kafka has it)."),
     "worker": ("citystream.processors.cli", "worker", "Faust worker: plates, faces, sensor windows, alerts."),
-    "plates": ("citystream.processors.plates_cli", "plates", "Read Thai licence plates from images offline."),
-    "faces": ("citystream.processors.faces_cli", "faces", "Match faces in images against a watchlist offline."),
-    "watchlist": ("citystream.processors.watchlist_cli", "watchlist", "Manage plate and face watchlists."),
+    "plates": ("citystream.processors.plates.cli", "plates", "Read Thai licence plates from images offline."),
+    "faces": ("citystream.processors.faces.cli", "faces", "Match faces in images against a watchlist offline."),
+    "watchlist": ("citystream.processors.watchlists.cli", "watchlist", "Manage plate and face watchlists."),
     "sink": ("citystream.sinks.cli", "sink", "Kafka -> ClickHouse sink (commits offsets after insert)."),
     "topics": ("citystream.topics_cli", "topics", "Create/update the Kafka topics of the topic map from settings."),
     "migrate": ("citystream.schemas.cli", "migrate", "Apply ClickHouse migrations in order (idempotent)."),

@@ -180,7 +180,7 @@ class Plan:
 
 def run_demo(settings: Settings, config: Path, plan: Plan, echo: Callable[[str], None]) -> dict[str, Any]:
     """Run the pipeline once and return the verdict document."""
-    from citystream.ingest.simulator import simulate
+    from citystream.ingest.gateway.simulator import simulate
 
     st = local.status(settings)
     if not (st["mqtt"]["running"] and st["kafka"]["running"]):

@@ -1,7 +1,7 @@
 """``citystream privacy``: data-subject requests about a plate (search, erase), the audit log, retention.
 
 A plate is found through its keyed pseudonym, computed exactly as the worker does
-(:func:`citystream.processors.plates.pseudonym` with ``worker.pseudonym_key(tenant)``) for every tenant
+(:func:`citystream.processors.plates.plates.pseudonym` with ``worker.pseudonym_key(tenant)``) for every tenant
 that has plate reads stored (``--tenant`` narrows it). The linked records are those of
 :func:`citystream.privacy_store.linked_where`: the plate reads, their watchlist alerts, the archived
 frames they were read on, dead letters carrying the pseudonym or one of those frames, and the
@@ -40,7 +40,7 @@ from citystream.sinks.query_cli import jsonable
 
 def plate_pairs(settings: Settings, registration: str, province: str, tenant: str | None) -> list[Pair]:
     """``(tenant, pseudonym)`` of the plate for each tenant with stored reads (or only ``tenant``) and a key."""
-    from citystream.processors.plates import pseudonym
+    from citystream.processors.plates.plates import pseudonym
 
     tenants = [tenant] if tenant else reading_tenants(settings)
     pairs: list[Pair] = []

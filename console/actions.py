@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from citystream.console import store
 from citystream.console.auth import User
 from citystream.console.feed import FeedItem
-from citystream.processors import watchlists
+from citystream.processors.watchlists import watchlists
 from citystream.schemas import topics
 from citystream.schemas.events import Alert, Severity, derived_event_id
 from citystream.schemas.wire import to_json

@@ -30,8 +30,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import ValidationError
 
 from citystream.console.auth import User
-from citystream.processors.watchlists import WatchlistEntry
-from citystream.processors.watchlists import decode as decode_entry
+from citystream.processors.watchlists.watchlists import WatchlistEntry
+from citystream.processors.watchlists.watchlists import decode as decode_entry
 from citystream.schemas import topics
 from citystream.schemas.events import Alert, FaceMatch, PlateRead
 from citystream.settings import Settings

@@ -22,8 +22,8 @@ from citystream.clickhouse import StoreError
 from citystream.console import actions, sensors, store
 from citystream.console.app import check_csrf, render, require
 from citystream.console.feed import Feed
-from citystream.processors import watchlists
-from citystream.processors.watchlist_cli import parse_expiry
+from citystream.processors.watchlists import watchlists
+from citystream.processors.watchlists.cli import parse_expiry
 from citystream.settings import Settings
 
 
@@ -135,7 +135,7 @@ async def _face_fields(form: dict[str, Any]) -> dict[str, Any]:
             import cv2
             import numpy as np
 
-            from citystream.processors.faces import single_template
+            from citystream.processors.faces.faces import single_template
         except ImportError as exc:
             raise actions.ActionError("face enrolment needs the worker extra (dlib, OpenCV)") from exc
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

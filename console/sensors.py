@@ -1,6 +1,6 @@
 """Sensor panels: PM2.5 / Thai AQI by district with the PCD colour bands, canal levels with trend and thresholds.
 
-Bands and the index come from :mod:`citystream.processors.aqi`; flood thresholds from the worker's
+Bands and the index come from :mod:`citystream.processors.sensors.aqi`; flood thresholds from the worker's
 alert rules (``worker.alert_rules`` on ``water_level_cm``), so the console shows what the pipeline
 alerts on. Charts are inline SVG polylines computed here (no JavaScript needed to draw them).
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from citystream.console import store
-from citystream.processors.aqi import BANDS, TOP_BAND, AqiBand, band_of, thai_aqi
+from citystream.processors.sensors.aqi import BANDS, TOP_BAND, AqiBand, band_of, thai_aqi
 from citystream.schemas.events import Metric
 from citystream.settings import Settings
 

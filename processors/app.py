@@ -37,10 +37,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 
 from citystream.processors import detectors, faust_fixes, frames_agent
-from citystream.processors.alerts import Cooldown
 from citystream.processors.frames_agent import VisionPool, pool_size
 from citystream.processors.notifiers import Dispatcher
-from citystream.processors.sensors import SensorState, SensorWindows, out_of_range
+from citystream.processors.sensors.sensors import SensorState, SensorWindows, out_of_range
 from citystream.processors.watchdog import (
     CHECK_EVERY_S,
     STALLED_EXIT,
@@ -50,7 +49,8 @@ from citystream.processors.watchdog import (
     stall_diagnostics,
     stop_stalled_process,
 )
-from citystream.processors.watchlists import WatchlistIndex
+from citystream.processors.watchlists.alerts import Cooldown
+from citystream.processors.watchlists.watchlists import WatchlistIndex
 from citystream.schemas.events import Alert, DeadLetter, SensorReading, error_summary
 from citystream.schemas.topics import (
     ALERTS,

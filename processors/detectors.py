@@ -16,8 +16,9 @@ guarantee covers them all). A detector that raises sends the whole frame to the 
 the detector's name in the detail); an event that fails its contract sends it there as
 ``invalid_output``. Derived events take ``derived_event_id(frame, kind, index)`` so a replay repeats ids,
 which the sink de-duplicates. ``version`` names the detector's algorithm and models: bump it when the same
-frame can give different findings. The two built in: ``plates`` (:class:`~citystream.processors.plates.PlatesDetector`)
-and ``faces`` (:class:`~citystream.processors.faces.FacesDetector`).
+frame can give different findings. The two built in: ``plates``
+(:class:`~citystream.processors.plates.plates.PlatesDetector`) and ``faces``
+(:class:`~citystream.processors.faces.faces.FacesDetector`).
 
 Adding a detector (say ``vehicles``):
 
@@ -54,10 +55,10 @@ from citystream.settings.worker import DetectorBase, default_detectors
 
 if TYPE_CHECKING:
     from citystream.processors.app import WorkerContext
-    from citystream.processors.faces import FaceFindings, FacesDetector
+    from citystream.processors.faces.faces import FaceFindings, FacesDetector
     from citystream.processors.frames_agent import Frame
-    from citystream.processors.plates import PlateResult, PlatesDetector
-    from citystream.processors.watchlists import WatchlistEntry, WatchlistIndex
+    from citystream.processors.plates.plates import PlateResult, PlatesDetector
+    from citystream.processors.watchlists.watchlists import WatchlistEntry, WatchlistIndex
 
 Found = TypeVar("Found")
 Templates = NDArray[np.float32]

@@ -25,7 +25,7 @@ process is replaced.
 Privacy: plate text never leaves the worker: a PlateRead carries only the keyed pseudonym
 (HMAC-SHA256 with the tenant's ``worker.pseudonym_keys`` entry) and a plate alert names the watchlist
 entry, not the plate; the text is compared with the watchlist in memory only. Face templates stay in
-the vision process and only watchlist hits come back (see :mod:`citystream.processors.faces`).
+the vision process and only watchlist hits come back (see :mod:`citystream.processors.faces.faces`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import faust
 
     from citystream.processors.app import WorkerContext
-    from citystream.processors.watchlists import WatchlistEntry, WatchlistIndex
+    from citystream.processors.watchlists.watchlists import WatchlistEntry, WatchlistIndex
 
 log = logging.getLogger(__name__)
 EMITTER_TASK = "frames-emitter"
@@ -77,7 +77,7 @@ class FrameResult:
         self.rejected = rejected
         self.seconds = seconds
         if faces is not None:
-            from citystream.processors.faces import FaceFindings
+            from citystream.processors.faces.faces import FaceFindings
 
             self.found.setdefault("faces", FaceFindings(faces))
 

@@ -17,7 +17,7 @@ Bridge readiness and confirmations (bridge -> gateways), QoS 0, not retained::
     {root}/_bridge/confirm/{tenant}/{gateway}           JSON {stream: [[first_seq, last_seq], ...]}
 
 A bridge publishes it only while its subscription is in place; a gateway publishes nothing on a
-connection before it has seen one (see ``ingest/publisher.py``: the broker would PUBACK and drop
+connection before it has seen one (see ``ingest/gateway/publisher.py``: the broker would PUBACK and drop
 messages that arrive before any subscription exists, e.g. after a broker restart). A confirmation
 says Kafka has those seqs (or their dead letters); only then does a gateway delete them from its spool.
 

@@ -70,20 +70,20 @@ class DetectorBase(Section):
 
 
 class PlatesDetectorSettings(DetectorBase):
-    """Thai licence plates (processors/plates.py): PlateRead events with keyed pseudonyms, plate watchlist alerts."""
+    """Thai licence plates (``processors/plates/``): PlateRead events with keyed pseudonyms, plate watchlist alerts."""
 
     type: Literal["plates"]
-    implementation: ClassVar[str] = "citystream.processors.plates:PlatesDetector"
+    implementation: ClassVar[str] = "citystream.processors.plates.plates:PlatesDetector"
 
 
 class FacesDetectorSettings(DetectorBase):
-    """Faces (processors/faces.py): FaceMatch events for watchlist hits only, face watchlist alerts.
+    """Faces (processors/faces/faces.py): FaceMatch events for watchlist hits only, face watchlist alerts.
 
     Matching uses ``worker.face_threshold`` and ``worker.face_upsample`` (shared with ``citystream faces``).
     """
 
     type: Literal["faces"]
-    implementation: ClassVar[str] = "citystream.processors.faces:FacesDetector"
+    implementation: ClassVar[str] = "citystream.processors.faces.faces:FacesDetector"
 
 
 DetectorSpec = Annotated[PlatesDetectorSettings | FacesDetectorSettings, Field(discriminator="type")]

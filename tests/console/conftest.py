@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from citystream import clickhouse
 from citystream.console.auth import hash_password
-from citystream.processors import watchlists
+from citystream.processors.watchlists import watchlists
 from citystream.schemas import topics
 from citystream.schemas.events import (
     Alert,

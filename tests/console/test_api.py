@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from citystream import audit
 from citystream.console.app import create_app
-from citystream.processors import watchlists
+from citystream.processors.watchlists import watchlists
 from citystream.schemas import topics
 from citystream.schemas.events import Alert
 from citystream.settings import Settings

@@ -11,7 +11,7 @@ from citystream.console import auth
 from citystream.console.feed import Feed
 from citystream.console.live import present
 from citystream.console.sensors import chart
-from citystream.processors import watchlists
+from citystream.processors.watchlists import watchlists
 from citystream.schemas import topics
 from citystream.schemas.wire import to_json
 from citystream.settings import ConfigError, load_settings

@@ -47,7 +47,7 @@ def _secure(tmp_path: Path, protocol: str = "SASL_SSL") -> Settings:
 
 
 def test_librdkafka_clients_get_every_security_option(tmp_path: Path) -> None:
-    from citystream.ingest.bridge_kafka import producer_config
+    from citystream.ingest.bridge.kafka import producer_config
 
     s = _secure(tmp_path)
     wanted = {"bootstrap.servers": "k1:9093,k2:9093", "security.protocol": "SASL_SSL",

@@ -48,7 +48,7 @@ def test_rate_limit_passes_a_burst_then_counts_what_it_dropped() -> None:
 
     passed = [limit.filter(rec("librdkafka")) for _ in range(100)]
     assert sum(passed) == 3
-    assert all(limit.filter(rec("citystream.ingest.bridge")) for _ in range(10)), "own loggers are not limited"
+    assert all(limit.filter(rec("citystream.ingest.bridge.bridge")) for _ in range(10)), "own loggers are not limited"
     assert limit.filter(rec("librdkafka", "another message")), "each message template has its own budget"
     now[0] = 11.0
     first = rec("librdkafka")

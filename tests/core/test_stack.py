@@ -162,7 +162,7 @@ def test_stack_up_writes_a_real_private_pseudonym_key(stack_home: Path) -> None:
 
 @pytest.mark.unit
 def test_pseudonym_keys_are_per_stack_per_tenant_and_rotate(tmp_path: Path) -> None:
-    from citystream.processors.plates import pseudonym
+    from citystream.processors.plates.plates import pseudonym
     from citystream.stack import local
 
     def written(home: str, **overrides: object) -> Path:

@@ -24,9 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from citystream.ingest import mqtt_tls
-from citystream.ingest.gateway import Gateway
+from citystream.ingest.gateway.gateway import Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.ingest.provision import login_accepted, provision
-from citystream.ingest.publisher import GatewayMetrics
 from citystream.settings import Settings, TlsSettings
 from citystream.settings.gateway import GatewaySettings
 from citystream.stack import certs, local, mosquitto
@@ -182,7 +182,7 @@ def test_stack_settings_point_clients_at_the_tls_listener_and_the_ca(tmp_path: P
 @pytest.mark.slow
 def test_stack_up_with_tls_carries_simulated_gateways_through_the_bridge_into_kafka(tmp_path: Path) -> None:
     """``stack up`` with mqtt_tls: simulated gateways (provisioned) -> TLS -> bridge -> Kafka, all confirmed."""
-    from citystream.ingest.simulator import simulate
+    from citystream.ingest.gateway.simulator import simulate
     from citystream.schemas.topics import RAW_READINGS
     from citystream.settings import load_settings
     from citystream.stack.kafka import ensure_topics

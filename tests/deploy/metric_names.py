@@ -21,8 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from citystream.ingest.bridge_metrics import BridgeMetrics
-from citystream.ingest.publisher import GatewayMetrics
+from citystream.ingest.bridge.metrics import BridgeMetrics
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.metrics import register_build_info
 from citystream.processors.app import WorkerMetrics
 from citystream.processors.notifiers import Dispatcher

@@ -92,7 +92,7 @@ def test_the_worker_has_tesseract_with_thai_data() -> None:
     worker = " ".join(args for kw, args in stages()["worker"] if kw in ("RUN", "ENV"))
     assert re.search(r"tesseract-ocr-tha=\S+", worker) and re.search(r"tesseract-ocr=\S+", worker)
     assert "TESSDATA_PREFIX=/usr/share/tesseract-ocr/5/tessdata" in worker
-    from citystream.processors.plate_ocr import TESSDATA
+    from citystream.processors.plates.ocr import TESSDATA
 
     assert str(TESSDATA) == "/usr/share/tesseract-ocr/5/tessdata"  # where plate_ocr looks
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest.bridge_metrics import BridgeMetrics
-from citystream.ingest.publisher import GatewayMetrics
+from citystream.ingest.bridge.metrics import BridgeMetrics
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.processors.app import WorkerMetrics
 from citystream.processors.notifiers import Dispatcher
 from citystream.settings.worker import NotifierSettings

@@ -1,7 +1,7 @@
 """Messages for the bridge tests: valid readings/frames/statuses, the malformed corpus, MQTT/Kafka I/O.
 
 ``corpus()`` yields at least 200 malformed messages, each tagged with the DLQ reason the bridge must
-give it, covering every reason in ``citystream.ingest.validate.REASONS``.
+give it, covering every reason in ``citystream.ingest.bridge.validate.REASONS``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from citystream.ingest.validate import REASONS
+from citystream.ingest.bridge.validate import REASONS
 from citystream.schemas.events import FrameMeta, make_event_id
 from citystream.schemas.topics import mqtt_topic
 from citystream.schemas.wire import frame_meta_pairs

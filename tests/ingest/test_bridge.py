@@ -10,8 +10,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest.bridge import Bridge
-from citystream.ingest.validate import RECEIVED_HEADER
+from citystream.ingest.bridge.bridge import Bridge
+from citystream.ingest.bridge.validate import RECEIVED_HEADER
 from citystream.schemas.events import DeadLetter, DeviceStatus
 from citystream.schemas.topics import DEVICE_STATUS, DLQ, RAW_FRAMES, RAW_READINGS
 from citystream.settings import Settings

@@ -17,11 +17,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest import bridge as bridge_mod
-from citystream.ingest.bridge import Bridge
-from citystream.ingest.bridge_kafka import DeliveryCallback
-from citystream.ingest.bridge_mqtt import BridgeClient, FastMessage
-from citystream.ingest.inflight import InflightWindow
+from citystream.ingest.bridge import bridge as bridge_mod
+from citystream.ingest.bridge.bridge import Bridge
+from citystream.ingest.bridge.inflight import InflightWindow
+from citystream.ingest.bridge.kafka import DeliveryCallback
+from citystream.ingest.bridge.mqtt import BridgeClient, FastMessage
 from citystream.schemas.events import DeadLetter
 from citystream.settings import Settings
 from tests.ingest import malformed as mf
@@ -234,7 +234,7 @@ def test_bridge_client_sends_due_pubacks_in_one_write() -> None:
 
 @pytest.mark.unit
 def test_dead_letter_headers_keep_repeated_user_properties() -> None:
-    from citystream.ingest.bridge import _all_properties
+    from citystream.ingest.bridge.bridge import _all_properties
 
     props = [("tenant", "a"), ("seq", "1"), ("tenant", "b"), ("tenant", "c")]
     assert _all_properties(props) == {"tenant": "a", "seq": "1", "tenant[2]": "b", "tenant[3]": "c"}

@@ -24,9 +24,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest.gateway import Gateway
+from citystream.ingest.gateway.gateway import Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.ingest.provision import provision
-from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import make_event_id
 from citystream.schemas.topics import RAW_READINGS, mqtt_subscription
 from citystream.settings import Settings

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from citystream.ingest.cameras import (
+from citystream.ingest.gateway.cameras import (
     BadFrame,
     CameraError,
     CaptureSource,

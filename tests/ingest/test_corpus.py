@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from citystream.demo import Pipeline, probe_bridge
-from citystream.ingest.validate import Accepted, Rejected, Validator
+from citystream.ingest.bridge.validate import Accepted, Rejected, Validator
 from citystream.processors.vision import FrameRejected, decode
 from citystream.schemas import topics
 from citystream.schemas.ranges import RANGES

@@ -23,9 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from citystream.ingest.gateway import Gateway
+from citystream.ingest.gateway.gateway import Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.ingest.provision import provision
-from citystream.ingest.publisher import GatewayMetrics
 from citystream.settings import Settings, dump_settings
 from citystream.settings.gateway import GatewaySettings
 from citystream.stack import mosquitto

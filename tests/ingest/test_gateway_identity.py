@@ -23,10 +23,10 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest.gateway import Gateway
+from citystream.ingest.bridge.validate import Accepted, Rejected, Validator
+from citystream.ingest.gateway.gateway import Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.ingest.provision import login_accepted
-from citystream.ingest.publisher import GatewayMetrics
-from citystream.ingest.validate import Accepted, Rejected, Validator
 from citystream.schemas.events import make_event_id
 from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic, mqtt_topic
 from citystream.settings import Settings
@@ -263,7 +263,7 @@ def test_there_is_no_shared_gateway_login(broker: Broker) -> None:
 @pytest.mark.integration
 def test_the_simulator_publishes_with_one_identity_per_simulated_gateway(broker: Broker, tmp_path: Path) -> None:
     """Each simulated gateway logs in as itself (provisioned for the run, revoked after); only its own topics."""
-    from citystream.ingest.simulator import simulate
+    from citystream.ingest.gateway.simulator import simulate
 
     settings = broker.settings.model_copy(update={"gateway": GatewaySettings(
         tenant="pathum-pao", state_dir=tmp_path / "sim", wait_for_bridge=False, confirm=False)})

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from citystream.ingest.gateway import Gateway
-from citystream.ingest.publisher import GatewayMetrics
-from citystream.ingest.spool import Spool, Spooled
+from citystream.ingest.gateway.gateway import Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
+from citystream.ingest.gateway.spool import Spool, Spooled
 from citystream.schemas.wire import frame_meta_from_pairs
 from citystream.settings import MqttSettings
 from citystream.settings.gateway import GatewaySettings, SpoolSettings

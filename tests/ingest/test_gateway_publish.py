@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from citystream.ingest.gateway import AuthRefused, Gateway
+from citystream.ingest.gateway.gateway import AuthRefused, Gateway
+from citystream.ingest.gateway.publisher import GatewayMetrics
 from citystream.ingest.provision import provision
-from citystream.ingest.publisher import GatewayMetrics
 from citystream.schemas.events import FrameMeta
 from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
 from citystream.schemas.wire import frame_meta_from_pairs
@@ -257,7 +257,7 @@ def test_acl_denial_is_counted_and_logged_and_the_gateway_keeps_running(
     sub = Subscriber(settings, f"{unique}/#")
     registry = CollectorRegistry()
     gw = Gateway(settings.mqtt, settings.gateway, GatewayMetrics(registry))
-    caplog.set_level(logging.ERROR, logger="citystream.ingest.publisher")
+    caplog.set_level(logging.ERROR, logger="citystream.ingest.gateway.publisher")
     try:
         gw.start(connect_timeout_s=10)
         deadline = time.monotonic() + 30

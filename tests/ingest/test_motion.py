@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from citystream.ingest.motion import Image, MotionGate
+from citystream.ingest.gateway.motion import Image, MotionGate
 from citystream.settings.gateway import MotionSettings
 
 pytestmark = pytest.mark.unit

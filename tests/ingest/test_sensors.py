@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from citystream.ingest.sensors import (
+from citystream.ingest.gateway.sensors import (
     BadReading,
     ReplaySensorSource,
     SimulatedSensorSource,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from citystream.ingest.seqtrack import Gap, SeqTracker
+from citystream.ingest.bridge.seqtrack import Gap, SeqTracker
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from citystream.ingest import scenes
-from citystream.ingest.simulator import gateway_settings, simulate
+from citystream.ingest.gateway import scenes
+from citystream.ingest.gateway.simulator import gateway_settings, simulate
 from citystream.schemas.events import Metric
 from citystream.settings.gateway import GatewaySettings, SimulatedCamera, SimulatedSensor
 from tests.ingest.test_gateway_publish import Subscriber, stack_settings

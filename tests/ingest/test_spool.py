@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from citystream.ingest.spool import ROW_OVERHEAD, Outgoing, Spool
+from citystream.ingest.gateway.spool import ROW_OVERHEAD, Outgoing, Spool
 from citystream.settings.gateway import SpoolSettings
 
 pytestmark = pytest.mark.unit
@@ -157,7 +157,7 @@ def test_rows_and_seqs_survive_a_restart(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from citystream.ingest.spool import Outgoing, Spool
+from citystream.ingest.gateway.spool import Outgoing, Spool
 from citystream.settings.gateway import SpoolSettings
 spool = Spool(Path(sys.argv[1]), "gw1", SpoolSettings())
 while True:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from citystream.ingest.validate import (
+from citystream.ingest.bridge.validate import (
     REASONS,
     RECEIVED_HEADER,
     Accepted,

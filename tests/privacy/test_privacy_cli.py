@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
-from citystream.processors.plates import pseudonym
+from citystream.processors.plates.plates import pseudonym
 from citystream.schemas import topics
 from citystream.schemas.events import Alert, DeadLetter, PlateRead, derived_event_id
 from citystream.schemas.wire import frame_meta_pairs, to_json

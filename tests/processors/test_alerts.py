@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from citystream.processors.alerts import Cooldown, face_alert, plate_alert
 from citystream.processors.notifiers import Dispatcher, TokenBucket
-from citystream.processors.watchlists import WatchlistEntry, new_face_entry_id, plate_entry_id
+from citystream.processors.watchlists.alerts import Cooldown, face_alert, plate_alert
+from citystream.processors.watchlists.watchlists import WatchlistEntry, new_face_entry_id, plate_entry_id
 from citystream.schemas.events import Alert, FaceMatch, PlateRead, Severity, make_event_id
 from citystream.settings.worker import AlertRule, NotifierSettings
 

@@ -1,6 +1,6 @@
 import pytest
 
-from citystream.processors.aqi import band_of, thai_aqi
+from citystream.processors.sensors.aqi import band_of, thai_aqi
 
 pytestmark = pytest.mark.unit
 

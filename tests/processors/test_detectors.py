@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from citystream.processors import detectors
 from citystream.processors.app import create_app
 from citystream.processors.detectors import AnalysisMeta, FrameOutputs, no_templates
-from citystream.processors.faces import FacesDetector
+from citystream.processors.faces.faces import FacesDetector
 from citystream.processors.frames_agent import VisionPool, analyse_frame
-from citystream.processors.plate_synth import road_scene_with_plate
-from citystream.processors.plates import PlatesDetector, pseudonym
+from citystream.processors.plates.plates import PlatesDetector, pseudonym
+from citystream.processors.plates.synth import road_scene_with_plate
 from citystream.schemas.events import derived_event_id
 from citystream.settings import Settings, dump_settings, load_settings
 from tests.conftest import citystream

@@ -14,8 +14,8 @@ import pytest
 from numpy.typing import NDArray
 from skimage import data
 
-from citystream.processors import faces
-from citystream.processors.plate_synth import road_scene_with_plate
+from citystream.processors.faces import faces
+from citystream.processors.plates.synth import road_scene_with_plate
 
 pytestmark = pytest.mark.unit
 

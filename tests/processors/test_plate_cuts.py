@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from citystream.processors.plate_detect import PLATE_H, PLATE_W
-from citystream.processors.plate_province import province_strip
-from citystream.processors.plate_segment import Box, alternatives, segment, split_box
+from citystream.processors.plates.detect import PLATE_H, PLATE_W
+from citystream.processors.plates.province import province_strip
+from citystream.processors.plates.segment import Box, alternatives, segment, split_box
 
 LINE_H = 44
 

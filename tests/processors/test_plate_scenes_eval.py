@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from citystream.processors.plate_classify import MODEL_PATH
-from citystream.processors.plate_eval import char_confusions, evaluate, scene_maker
-from citystream.processors.plate_format import is_registration
-from citystream.processors.plate_scenes_eval import digit_font, eval_fonts, eval_plate, eval_scene
-from citystream.processors.plate_synth import font_paths
-from citystream.processors.plates_cli import plates
-from citystream.processors.provinces import PROVINCES
+from citystream.processors.plates.classify import MODEL_PATH
+from citystream.processors.plates.cli import plates
+from citystream.processors.plates.eval_scenes import digit_font, eval_fonts, eval_plate, eval_scene
+from citystream.processors.plates.evaluate import char_confusions, evaluate, scene_maker
+from citystream.processors.plates.provinces import PROVINCES
+from citystream.processors.plates.registration import is_registration
+from citystream.processors.plates.synth import font_paths
 
 pytestmark = pytest.mark.unit
 

@@ -7,15 +7,15 @@ import random
 import numpy as np
 import pytest
 
-from citystream.processors.plate_format import is_registration
-from citystream.processors.plate_synth import (
+from citystream.processors.plates.provinces import PROVINCES
+from citystream.processors.plates.registration import is_registration
+from citystream.processors.plates.synth import (
     font_paths,
     plate_patch,
     random_registration,
     render_plate,
     road_scene_with_plate,
 )
-from citystream.processors.provinces import PROVINCES
 
 
 @pytest.mark.unit

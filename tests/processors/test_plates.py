@@ -15,12 +15,12 @@ import yaml
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from citystream.processors.plate_eval import evaluate
-from citystream.processors.plate_format import is_registration, normalise_registration
-from citystream.processors.plate_synth import render_plate, road_scene_with_plate
-from citystream.processors.plates import PlateReader, PlateResult, pseudonym, read_plates
-from citystream.processors.plates_cli import plates
-from citystream.processors.provinces import PROVINCES
+from citystream.processors.plates.cli import plates
+from citystream.processors.plates.evaluate import evaluate
+from citystream.processors.plates.plates import PlateReader, PlateResult, pseudonym, read_plates
+from citystream.processors.plates.provinces import PROVINCES
+from citystream.processors.plates.registration import is_registration, normalise_registration
+from citystream.processors.plates.synth import render_plate, road_scene_with_plate
 from citystream.settings import WorkerSettings
 from tests.conftest import citystream
 

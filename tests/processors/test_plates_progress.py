@@ -13,7 +13,7 @@ import cv2
 import pytest
 import yaml
 
-from citystream.processors.plate_synth import road_scene_with_plate
+from citystream.processors.plates.synth import road_scene_with_plate
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from citystream.processors.provinces import (
+from citystream.processors.plates.provinces import (
     PROVINCES,
     edit_distance,
     is_province,

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from citystream.processors.sensors import SensorState, SensorWindows, out_of_range
+from citystream.processors.sensors.sensors import SensorState, SensorWindows, out_of_range
 from citystream.schemas.events import Metric, SensorReading, make_event_id
 from citystream.settings.worker import DEFAULT_RANGES, DEFAULT_RULES, AlertRule
 

@@ -13,8 +13,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from skimage import data
 
-from citystream.processors import watchlists
-from citystream.processors.watchlist_cli import parse_expiry
+from citystream.processors.watchlists import watchlists
+from citystream.processors.watchlists.cli import parse_expiry
 from citystream.schemas.topics import WATCHLISTS
 from citystream.settings import Settings
 from tests.conftest import citystream, write_settings

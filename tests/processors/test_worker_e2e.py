@@ -15,9 +15,9 @@ import cv2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from citystream.processors import watchlists
-from citystream.processors.plate_synth import road_scene_with_plate
-from citystream.processors.plates import pseudonym
+from citystream.processors.plates.plates import pseudonym
+from citystream.processors.plates.synth import road_scene_with_plate
+from citystream.processors.watchlists import watchlists
 from citystream.schemas.events import DeadLetter
 from citystream.schemas.topics import RAW_FRAMES, RAW_READINGS
 from citystream.schemas.wire import to_json
@@ -47,7 +47,7 @@ def worker_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.mark.integration
 def test_worker_end_to_end_alerts_plates_faces_dlq_and_sigterm(worker_settings: Settings, tmp_path: Path) -> None:
-    from citystream.processors.faces import single_template
+    from citystream.processors.faces.faces import single_template
 
     s = worker_settings
     scene, label = road_scene_with_plate(random.Random(PLATE_SEED))

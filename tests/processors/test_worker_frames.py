@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from citystream.processors import watchlists
 from citystream.processors.app import FACE_CAMERA_LABELS, WatchCache, WorkerMetrics
 from citystream.processors.frames_agent import VisionPool, analyse_frame
-from citystream.processors.plate_synth import road_scene_with_plate
-from citystream.processors.plates import pseudonym
+from citystream.processors.plates.plates import pseudonym
+from citystream.processors.plates.synth import road_scene_with_plate
+from citystream.processors.watchlists import watchlists
 from tests.processors.worker_helpers import (
     PLATE_SEED,
     T0,
@@ -37,7 +37,7 @@ from tests.processors.worker_helpers import (
 def test_frames_agent_order_dead_letters_faces_and_cooldown(tmp_path: Path) -> None:
     from skimage import data
 
-    from citystream.processors.faces import single_template
+    from citystream.processors.faces.faces import single_template
 
     ctx = unit_context(tmp_path)
     scene, label = road_scene_with_plate(random.Random(PLATE_SEED))

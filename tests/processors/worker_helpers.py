@@ -23,10 +23,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
-from citystream.processors import watchlists
 from citystream.processors.app import WorkerContext, create_app
 from citystream.processors.frames_agent import VisionPool
-from citystream.processors.plate_synth import road_scene_with_plate
+from citystream.processors.plates.synth import road_scene_with_plate
+from citystream.processors.watchlists import watchlists
 from citystream.schemas.events import FrameMeta, Metric, SensorReading, make_event_id
 from citystream.schemas.topics import ALERTS, DLQ, FACE_MATCHES, PLATE_READS, RAW_FRAMES
 from citystream.schemas.wire import frame_meta_pairs

@@ -165,7 +165,7 @@ def test_frame_meta_properties_are_read_strictly() -> None:
 def test_event_ids_are_uuid5_over_the_contract_namespace() -> None:
     import uuid
 
-    from citystream.ingest.validate import fast_event_id
+    from citystream.ingest.bridge.validate import fast_event_id
     from citystream.schemas.events import ID_NAMESPACE, derived_event_id, make_event_id, uuid5_text
 
     for name in ("gw-1/reading/0", "gw-1/reading/18446744073709551615", "สถานี/frame/7", ""):
