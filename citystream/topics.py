@@ -11,6 +11,12 @@ topics a caller owns (the worker's Faust internal topics). ``apply`` compares it
 - what cannot be changed in place is reported as a note and left alone: fewer partitions than the
   topic has (Kafka cannot shrink), or a different replication factor (needs a partition reassignment).
 
+Topics that can hold camera images (``raw.frames``, and ``dlq``, where a rejected frame travels whole)
+keep them no longer than images are kept: the ``dlq`` retention is capped at the ``raw.frames``
+retention and at ``retention.dead_letter_image_days`` (an override asking for more is lowered, with a
+warning), and both get a ``segment.ms`` of at most an hour (Kafka deletes whole closed segments only: with
+its 7-day default a quiet topic would keep a record a week past its retention).
+
 Running it again changes nothing (idempotent); ``dry_run`` only reports. Callers: the CLI (Helm
 pre-install/pre-upgrade Job, compose ``topics`` service), the local stack (``stack up``) and the
 worker before it joins its group.
@@ -35,10 +41,14 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from citystream.schemas.topics import TOPICS
+from citystream.schemas.topics import DLQ, RAW_FRAMES, TOPICS
 from citystream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+IMAGE_SEGMENT_MS = 3_600_000
+"""``segment.ms`` cap of the topics that hold images: a record outlives the retention by at most this."""
 
 
 class TopicError(RuntimeError):
@@ -109,7 +119,31 @@ def wanted_topics(settings: Settings) -> list[WantedTopic]:
             config["min.insync.replicas"] = str(k.min_insync_replicas)
         partitions = over.partitions if over is not None and over.partitions is not None else spec.partitions
         wanted.append(WantedTopic(k.topic(spec.name), partitions, k.replication_factor, config))
+    _cap_image_topics(settings, {spec.name: topic for spec, topic in zip(TOPICS, wanted, strict=True)})
     return wanted
+
+
+def image_retention_ms(settings: Settings, frames_ms: int) -> int:
+    """The longest a topic may keep a camera image: the ``raw.frames`` retention and the dead-letter image days."""
+    limit = settings.retention.dead_letter_image_days * DAY_MS
+    return limit if frames_ms < 0 else min(frames_ms, limit)
+
+
+def _cap_image_topics(settings: Settings, by_spec: dict[str, WantedTopic]) -> None:
+    """Keep dead-lettered frames in ``dlq`` no longer than raw frames; short segments on both image topics."""
+    frames, dlq = by_spec[RAW_FRAMES], by_spec[DLQ]
+    limit = image_retention_ms(settings, int(frames.config["retention.ms"]))
+    asked = int(dlq.config["retention.ms"])
+    if asked < 0 or asked > limit:
+        if settings.kafka.topics.get(DLQ) is not None and settings.kafka.topics[DLQ].retention_ms is not None:
+            log.warning("dlq retention lowered: it carries rejected frames whole, which may be kept no longer "
+                        "than raw frames and dead-letter images",
+                        extra={"asked_ms": asked, "retention_ms": limit})
+        dlq.config["retention.ms"] = str(limit)
+    for topic in (frames, dlq):
+        retention = int(topic.config["retention.ms"])
+        segment = IMAGE_SEGMENT_MS if retention < 0 else max(60_000, min(IMAGE_SEGMENT_MS, retention))
+        topic.config["segment.ms"] = str(segment)
 
 
 def extra_topic(settings: Settings, name: str, partitions: int, config: dict[str, str]) -> WantedTopic:

@@ -13,7 +13,7 @@ import yaml
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from citystream.schemas.topics import ALERTS, DAY_MS, RAW_FRAMES, RAW_READINGS, TOPICS
+from citystream.schemas.topics import ALERTS, DAY_MS, DLQ, RAW_FRAMES, RAW_READINGS, TOPICS
 from citystream.settings import Settings, dump_settings, load_settings
 from citystream.stack.kafka import admin
 from tests.conftest import REPO, citystream, free_port
@@ -111,7 +111,8 @@ def test_topics_apply_creates_updates_and_is_idempotent(stack_home: Path, unique
         parts, rf, conf = _topic_state(s, f"{unique}.{spec.name}")
         assert (parts, rf) == (spec.partitions, 1)
         assert conf["cleanup.policy"] == ("compact" if spec.compacted else "delete")
-        assert conf["retention.ms"] == str(spec.retention_ms)
+        # the dlq keeps (frame) dead letters no longer than raw frames: tests/security/test_image_topics.py
+        assert conf["retention.ms"] == str(DAY_MS if spec.name == DLQ else spec.retention_ms)
         assert conf["max.message.bytes"] == str(spec.max_message_bytes)
 
     # settings change: more partitions for frames, longer alert retention, a smaller max for readings
