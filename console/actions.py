@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Producer
-
 from citystream.console import store
 from citystream.console.auth import User
 from citystream.console.feed import FeedItem
 from citystream.processors.watchlists import watchlists
+from citystream.produce import produce_acked
 from citystream.schemas import topics
 from citystream.schemas.events import Alert, Severity, derived_event_id
 from citystream.schemas.wire import to_json
@@ -71,17 +70,6 @@ def _audited(settings: Settings, user: User, entry: Audit, run: Any) -> Any:
         raise ActionError(str(exc)) from exc
 
 
-def _produce(settings: Settings, base_topic: str, key: str, value: bytes, timeout_s: float = 30.0) -> None:
-    errors: list[str] = []
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
-    producer.produce(settings.kafka.topic(base_topic), key=key.encode(), value=value,
-                     on_delivery=lambda err, _msg: errors.append(str(err)) if err is not None else None)
-    if producer.flush(timeout_s) != 0:
-        raise RuntimeError(f"not acknowledged by Kafka within {timeout_s} s")
-    if errors:
-        raise RuntimeError(f"Kafka refused the record: {errors[0]}")
-
-
 def closing_alert(item: FeedItem, user: User, at: datetime) -> Alert:
     """The ``cleared`` Alert that closes a raised alert from the console (deterministic id)."""
     data = item.data
@@ -104,7 +92,7 @@ def close(settings: Settings, user: User, item: FeedItem, reason: str, now: date
     cleared = closing_alert(item, user, now or datetime.now(UTC))
     _audited(settings, user, Audit("alert.close", item.id, reason or "closed", "", item.tenant,
                                    {"alert_type": item.data.get("alert_type", ""), "cleared_id": cleared.event_id}),
-             lambda: _produce(settings, topics.ALERTS, item.device_id, to_json(cleared)))
+             lambda: produce_acked(settings, topics.ALERTS, item.device_id, to_json(cleared)))
     return cleared
 
 

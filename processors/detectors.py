@@ -30,9 +30,9 @@ Adding a detector (say ``vehicles``):
    ``worker.detectors``;
 3. **its event contract and migration**: the event model and JSON Schema in ``schemas/``, its topic in
    ``schemas/topics.py`` (created by ``citystream topics apply``) and a ClickHouse migration for its
-   table. The sink does not derive its routes from the contracts yet: today it also needs the topic in
-   ``sinks/clickhouse.py`` (``SOURCE_TOPICS``), a ``Route`` and Arrow columns in ``sinks/rows.py``, and,
-   for its frames to be archived, ``sinks/frames.py`` (``DETECTION_TOPICS``).
+   table. The sink does not derive its routes from the contracts yet: today it also needs a ``Route``
+   and Arrow columns in ``sinks/rows.py``, and, for its frames to be archived, ``sinks/frames.py``
+   (``DETECTION_TOPICS``).
 
 Nothing else changes in the worker: the vision pool, the frames agent and its output topics follow the
 settings.

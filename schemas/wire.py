@@ -15,8 +15,6 @@ from pydantic import BaseModel
 
 from citystream.schemas.events import FrameMeta
 
-FRAME_FIELDS = tuple(FrameMeta.model_fields)
-
 
 def to_json(event: BaseModel) -> bytes:
     """The wire JSON of a contract."""

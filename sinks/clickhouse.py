@@ -64,8 +64,6 @@ from citystream.sinks.rows import ROUTES, PoisonRecord, to_row
 from citystream.sinks.writer import PoisonRow, StageError, Stopped, Writer
 
 log = logging.getLogger(__name__)
-SOURCE_TOPICS = (topics.RAW_READINGS, topics.DEVICE_STATUS, topics.PLATE_READS, topics.FACE_MATCHES,
-                 topics.ALERTS, topics.DLQ)
 REPLAY_TIMEOUT_S = 30.0
 COMMIT_ATTEMPTS = 3
 COMMITTED_ATTEMPTS = 5
@@ -418,4 +416,4 @@ def run_sink(settings: Settings, registry: CollectorRegistry, stop: threading.Ev
     return Sink(settings, registry, stop).run()
 
 
-__all__ = ["SOURCE_TOPICS", "PoisonRow", "Sink", "run_sink"]
+__all__ = ["PoisonRow", "Sink", "run_sink"]

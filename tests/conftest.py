@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from citystream.settings import Settings, load_settings
+from citystream.settings import ClickHouseSettings, Settings, load_settings
 from citystream.stack.kafka import ensure_topics
 from citystream.stack.procs import free_port
 
@@ -60,6 +60,20 @@ def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
 def unique() -> str:
     """A short unique name for this test's topics, databases and topic roots."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def analyst_store(chdb_dsn: str, unique: str) -> ClickHouseSettings:
+    """A migrated database holding a small demo-like city (for the analyst queries and the dashboards)."""
+    from citystream import clickhouse
+    from citystream.schemas.migrate import migrate
+    from tests.schemas.test_analyst_queries import demo_like
+
+    ch = ClickHouseSettings(dsn=chdb_dsn, database=unique)
+    admin = clickhouse.connect(ch, database=False)
+    migrate(admin, unique)
+    demo_like(admin, unique)
+    return ch
 
 
 @pytest.fixture

@@ -150,7 +150,8 @@ class GatewaySettings(Section):
     state_dir: Path = DEFAULT_HOME / "gateway"
     interval_s: float = Field(1.0, gt=0, description="default sensor reading interval")
     heartbeat_s: float = Field(15.0, gt=0)
-    window: int = Field(100, ge=1, le=65535, description="QoS 1 messages in flight (paho max_queued_messages)")
+    max_inflight: int = Field(100, ge=1, le=65535, description="QoS 1 messages in flight, unacknowledged "
+                              "(paho max_queued_messages; the bridge's bound has the same name)")
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     drain_s: float = Field(5.0, ge=0, description="on shutdown, time to publish what is spooled")

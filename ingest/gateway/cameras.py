@@ -29,7 +29,7 @@ from citystream.settings.gateway import (
 )
 
 Image = NDArray[np.uint8]
-Frame = tuple[Image, float]
+Capture = tuple[Image, float]  # a camera image and its capture time (epoch seconds)
 
 
 class CameraError(Exception):
@@ -47,7 +47,7 @@ class BadFrame(Exception):
 class CameraSource(Protocol):
     """What the gateway needs from a camera plugin."""
 
-    def read(self) -> Frame | None:
+    def read(self) -> Capture | None:
         """The next frame and its time, or None at the end of a finite source."""
         ...
 
@@ -103,7 +103,7 @@ class CaptureSource:
         self._offset = 0.0
         self._last_t = 0.0
 
-    def read(self) -> Frame | None:
+    def read(self) -> Capture | None:
         """Next frame; files loop or end, live sources raise CameraError when the stream breaks."""
         self.pacer.wait()
         ok, frame = self.cap.read()
@@ -137,7 +137,7 @@ class ImageFolderSource:
         self.index = 0
         self.pacer = Pacer(spec.fps, spec.realtime, stop)
 
-    def read(self) -> Frame | None:
+    def read(self) -> Capture | None:
         """Next image; BadFrame for a file OpenCV cannot decode."""
         if self.index >= len(self.files):
             if not self.spec.loop:
@@ -164,7 +164,7 @@ class SimulatedSource:
         self.pacer = Pacer(spec.fps, True, stop)
         self.index = 0
 
-    def read(self) -> Frame | None:
+    def read(self) -> Capture | None:
         """The next animated frame."""
         self.pacer.wait()
         frame = scenes.animate(self.scenes, self.index)

@@ -31,7 +31,7 @@ from citystream.ingest.gateway.cameras import (
     BadFrame,
     CameraError,
     CameraSource,
-    Frame,
+    Capture,
     Image,
     encode_frame,
     open_camera,
@@ -164,7 +164,7 @@ class Gateway:
         if self.store("frame", build):
             self._frames_sent += 1
 
-    def _read(self, source: CameraSource, spec: CameraSpec) -> Frame | None | bool:
+    def _read(self, source: CameraSource, spec: CameraSpec) -> Capture | None | bool:
         """One frame; False when it was a bad frame to skip."""
         try:
             return source.read()

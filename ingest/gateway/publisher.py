@@ -3,7 +3,7 @@
 One thread owns the paho client (``client.loop()`` is called here, no paho network thread), so
 callbacks, reconnects and publishes never race. Every message is already in the spool
 (:mod:`citystream.ingest.gateway.spool`); this loop hands the next rows to paho while fewer than
-``gateway.window`` (and the broker's Receive Maximum) are unacknowledged (paho's
+``gateway.max_inflight`` (and the broker's Receive Maximum) are unacknowledged (paho's
 ``max_queued_messages`` is set to the same bound and a ``MQTT_ERR_QUEUE_SIZE`` answer simply leaves
 the row in the spool). A row bigger than the broker's Maximum Packet Size is dropped and counted
 (``too_large``) instead of blocking the spool forever. A row is deleted from the spool
@@ -59,6 +59,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from citystream.ingest import mqtt_tls
 from citystream.ingest.confirm import seqs_of
 from citystream.ingest.gateway.spool import Spool, Spooled
+from citystream.retry import Backoff
 from citystream.schemas.topics import bridge_confirm_topic, bridge_ready_topic
 from citystream.settings import MqttSettings
 from citystream.settings.gateway import GatewaySettings
@@ -135,7 +136,7 @@ class Publisher:
         self._replay_upto = spool.last_id
         self._socket_open = False
         self._next_attempt = 0.0
-        self._backoff = gateway.reconnect_min_s
+        self._backoff = Backoff(gateway.reconnect_min_s, gateway.reconnect_max_s)
         self._stop = threading.Event()
         self._drain_deadline = 0.0
         self._denied_logged = 0
@@ -145,7 +146,7 @@ class Publisher:
         self._fresh_client = False
         self._closing = False
         self._max_packet = 0
-        self._window = gateway.window
+        self._window = gateway.max_inflight
         self._ready_topic = bridge_ready_topic(mqtt_settings.topic_root)
         self._confirm_topic = bridge_confirm_topic(mqtt_settings.topic_root, gateway.tenant, gateway.gateway_id)
         # (stream, seq) -> (spool row id, when the broker acked it): waiting for a bridge's confirmation
@@ -163,8 +164,8 @@ class Publisher:
         client_id = self.gateway.client_id or f"citystream-gw-{self.gateway.gateway_id}"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.username_pw_set(self.gateway.username or None, self.gateway.password.get_secret_value() or None)
-        client.max_inflight_messages_set(self.gateway.window)
-        client.max_queued_messages_set(self.gateway.window)
+        client.max_inflight_messages_set(self.gateway.max_inflight)
+        client.max_queued_messages_set(self.gateway.max_inflight)
         mqtt_tls.configure(client, self.mqtt)  # mqtt.tls: verify the broker (CA, host name)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -194,9 +195,9 @@ class Publisher:
         self.connected = True
         self._max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
         # never more unacknowledged QoS 1 messages than the broker's Receive Maximum (paho does not check)
-        self._window = max(1, min(self.gateway.window, int(getattr(props, "ReceiveMaximum", 0) or 65535)))
+        self._window = max(1, min(self.gateway.max_inflight, int(getattr(props, "ReceiveMaximum", 0) or 65535)))
         self._will_needed = True
-        self._backoff = self.gateway.reconnect_min_s
+        self._backoff.reset()
         self._replay_upto = max(self._replay_upto, self.spool.last_id)
         self.metrics.connected.inc()
         if self.gateway.confirm:
@@ -272,7 +273,7 @@ class Publisher:
                                                         "inflight": len(self._inflight)})
         self.connected = False
         self._socket_open = False
-        self._next_attempt = time.monotonic() + self._backoff
+        self._next_attempt = time.monotonic() + self._backoff.peek()
         self._fresh_client = True
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -304,9 +305,8 @@ class Publisher:
     # -- loop ------------------------------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        """One (re)connect attempt; failures schedule the next with exponential backoff."""
-        self._next_attempt = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.gateway.reconnect_max_s)
+        """One (re)connect attempt; failures schedule the next with jittered exponential backoff."""
+        self._next_attempt = time.monotonic() + self._backoff.next()
         if self._fresh_client:
             # Unacknowledged rows are still in the spool: feed them again, oldest first. (Reset here, not
             # in the disconnect callback: paho may report the loss from inside a publish in ``_feed``.)
@@ -328,7 +328,7 @@ class Publisher:
             self.connack.set()  # no broker to ask: nothing to wait for at start
             self.metrics.connect_failures.labels("unreachable").inc()
             log.warning("mqtt broker unreachable; spooling", extra={"host": self.mqtt.host, "port": self.mqtt.port,
-                                                                    "error": str(exc), "retry_s": self._backoff})
+                                                                    "error": str(exc), "retry_s": self._backoff.peek()})
             return
         self._socket_open = True
 

@@ -22,10 +22,11 @@ from datetime import datetime
 from typing import Literal
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from numpy.typing import NDArray
 from pydantic import Field
 
+from citystream.produce import produce_acked
 from citystream.schemas.events import ID_NAMESPACE, TENANT, Contract, UtcMs
 from citystream.schemas.topics import WATCHLISTS
 from citystream.settings import Settings
@@ -120,33 +121,14 @@ class WatchlistIndex:
         return entries, np.array([e.embedding for e in entries], dtype=np.float32)
 
 
-def _producer(settings: Settings) -> Producer:
-    return Producer({**settings.kafka.client_config(), "enable.idempotence": True, "acks": "all"})
-
-
-def _write(settings: Settings, key: str, value: bytes | None, timeout_s: float = 30.0) -> None:
-    errors: list[str] = []
-
-    def on_delivery(err: object, _msg: object) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer = _producer(settings)
-    producer.produce(settings.kafka.topic(WATCHLISTS), key=key.encode(), value=value, on_delivery=on_delivery)
-    if producer.flush(timeout_s) != 0:
-        raise RuntimeError(f"watchlist write not acknowledged by Kafka within {timeout_s} s")
-    if errors:
-        raise RuntimeError(f"watchlist write failed: {errors[0]}")
-
-
 def publish(settings: Settings, entry: WatchlistEntry) -> None:
     """Write (or replace) an entry; returns once Kafka acknowledged it."""
-    _write(settings, entry.entry_id, encode(entry))
+    produce_acked(settings, WATCHLISTS, entry.entry_id, encode(entry))
 
 
 def remove(settings: Settings, entry_id: str) -> None:
     """Write a tombstone for an entry; returns once Kafka acknowledged it."""
-    _write(settings, entry_id, None)
+    produce_acked(settings, WATCHLISTS, entry_id, None)
 
 
 def read_all(settings: Settings, timeout_s: float = 30.0) -> dict[str, bytes]:

@@ -13,10 +13,8 @@ import pytest
 import yaml
 
 from citystream import clickhouse
-from citystream.schemas.migrate import migrate
 from citystream.settings import ClickHouseSettings
 from tests.deploy.metric_names import exported_names, promql_metric_names
-from tests.schemas.test_analyst_queries import demo_like
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -121,24 +119,14 @@ def test_every_promql_expression_parses(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.fixture
-def store(chdb_dsn: str, unique: str) -> ClickHouseSettings:
-    """A migrated database with the analyst tests' demo-like city data."""
-    ch = ClickHouseSettings(dsn=chdb_dsn, database=unique)
-    admin = clickhouse.connect(ch, database=False)
-    migrate(admin, unique)
-    demo_like(admin, unique)
-    return ch
-
-
 @pytest.mark.integration
-def test_every_sql_panel_runs_on_the_migrated_schema_and_returns_rows(store: ClickHouseSettings) -> None:
+def test_every_sql_panel_runs_on_the_migrated_schema_and_returns_rows(analyst_store: ClickHouseSettings) -> None:
     queries = targets("grafana-clickhouse-datasource")
     assert len(queries) >= 8
     empty = []
     for f, title, target in queries:
         try:
-            rows = clickhouse.query_rows(store, plain_sql(target["rawSql"]))
+            rows = clickhouse.query_rows(analyst_store, plain_sql(target["rawSql"]))
         except Exception as exc:  # report which panel broke
             raise AssertionError(f"{f} / {title}: {exc}") from exc
         if not rows:

@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from citystream import clickhouse
 from citystream.schemas import topics
 from citystream.schemas.events import DeadLetter, DeviceStatus, make_event_id
-from citystream.schemas.migrate import migrate
 from citystream.settings import ClickHouseSettings
 from citystream.sinks.batch import TableRows
 from citystream.sinks.rows import ROUTES, to_row
@@ -85,21 +84,12 @@ def demo_like(client: Any, db: str) -> None:
                          topic="city/nakhon-rangsit/gw-kl-01/sensor/pm25-02/reading", tenant=TENANT)])
 
 
-@pytest.fixture
-def store(chdb_dsn: str, unique: str) -> ClickHouseSettings:
-    ch = ClickHouseSettings(dsn=chdb_dsn, database=unique)
-    admin = clickhouse.connect(ch, database=False)
-    migrate(admin, unique)
-    demo_like(admin, unique)
-    return ch
-
-
 def test_the_document_has_at_least_eight_queries() -> None:
     assert len(doc_queries()) >= 8
 
 
-def test_every_documented_query_returns_rows(store: ClickHouseSettings) -> None:
-    results = {title: clickhouse.query_rows(store, sql) for title, sql in doc_queries()}
+def test_every_documented_query_returns_rows(analyst_store: ClickHouseSettings) -> None:
+    results = {title: clickhouse.query_rows(analyst_store, sql) for title, sql in doc_queries()}
     assert {title for title, rows in results.items() if not rows} == set()
 
     by_title = {title.split(".")[0]: rows for title, rows in results.items()}
