@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as pa_ipc
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from citystream.retry import Backoff
 from citystream.schemas.migrate import SINK_WINDOWS
 from citystream.sinks.batch import RawRows, Source, TableRows, Window
 from citystream.sinks.fast import sql_string
@@ -121,7 +122,7 @@ class Writer:
         Outages are retried until a stop is requested (:class:`Stopped`); stage errors
         :data:`STAGE_ATTEMPTS` times, then :class:`StageError`.
         """
-        delay = min(FIRST_RETRY_S, self.retry_max_s)
+        backoff = Backoff(min(FIRST_RETRY_S, self.retry_max_s), self.retry_max_s)
         attempt = 0
         while True:
             try:
@@ -137,12 +138,12 @@ class Writer:
                     raise StageError(f"{what} into {table} failed {attempt} times with "
                                      f"{type(exc).__name__}: {exc}"[:500]) from exc
                 self.metrics.retries.labels(table).inc()
+                delay = backoff.next()
                 log.warning("insert failed, retrying", extra={"what": what, "table": table, "attempt": attempt,
                                                               "kind": kind, "delay_s": round(delay, 2),
                                                               "error": f"{type(exc).__name__}: {exc}"[:300]})
                 if self.stop.wait(delay):
                     raise Stopped(f"stop requested while retrying {what}") from exc
-                delay = min(delay * 2, self.retry_max_s)
 
     def log_window(self, group_id: str, window: Window) -> str:
         """Write the window's offset ranges ahead of its inserts; returns the window id."""
