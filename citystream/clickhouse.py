@@ -23,7 +23,9 @@ Before any of that, :func:`check_readonly_sql` refuses what reads or writes the 
 with ``readonly=1``.
 
 The owner's endpoint requires the bearer token it writes into the owner file (mode 0600), so only
-the user that runs the sink (and root) can query through it.
+the user that runs the sink (and root) can query through it. Its privileged ``/privacy`` route wants
+another token: ``sink.privacy_token`` from settings, or (unset) one the sink makes per start and
+writes to ``PATH/citystream-privacy-token`` (0600); the query token is refused there.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import pyarrow.ipc as pa_ipc
 from citystream.settings import ClickHouseSettings, Settings
 
 OWNER_FILE = "citystream-owner.json"
+PRIVACY_TOKEN_FILE = "citystream-privacy-token"
 READONLY_CHDB = {"output_format_arrow_string_as_string": 0, "readonly": 1}  # order matters: readonly last
 READONLY_SERVER = {"readonly": 2}
 
@@ -164,6 +167,29 @@ def advertise(settings: ClickHouseSettings | Settings, url: str, token: str = ""
 def new_token() -> str:
     """A random bearer token for the query endpoint."""
     return secrets.token_urlsafe(24)
+
+
+def write_privacy_token(path: Path, token: str) -> Path:
+    """Write the sink's generated ``/privacy`` token next to the embedded store (mode 0600); returns the file."""
+    file = path / PRIVACY_TOKEN_FILE
+    tmp = file.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token)
+    tmp.replace(file)
+    return file
+
+
+def privacy_token(settings: ClickHouseSettings | Settings) -> str:
+    """The token for the owner's ``/privacy`` route: ``sink.privacy_token``, else the owner's generated one."""
+    if isinstance(settings, Settings) and settings.sink.privacy_token.get_secret_value():
+        return settings.sink.privacy_token.get_secret_value()
+    path = chdb_path(_settings_of(settings).dsn)
+    try:
+        return "" if path is None else (path / PRIVACY_TOKEN_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
 
 
 def reader(settings: ClickHouseSettings | Settings) -> Any:

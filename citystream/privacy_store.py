@@ -12,8 +12,9 @@ Writes are a closed set of operations, :data:`OPS`, never SQL from the caller:
 
 :func:`call` routes an operation like the read path routes a query: on an embedded path another process
 owns (the sink), ``POST {owner url}/privacy?database=DB`` with ``{"op", "payload"}`` as JSON and the
-owner's bearer token, answered by :func:`run_op` inside the owner; otherwise it runs here, on a
-dedicated writable client (a server DSN, the owner itself, or an embedded path nobody holds).
+privacy token (:func:`citystream.clickhouse.privacy_token`, never the query token), answered by
+:func:`run_op` inside the owner; otherwise it runs here, on a dedicated writable client (a server DSN,
+the owner itself, or an embedded path nobody holds).
 
 Limits: Kafka topics keep their records until their retention (``plate.reads`` 7 days); a rollup bucket
 rebuilt while the sink inserts reads of the same camera and hour may count a read of that moment twice.
@@ -32,7 +33,15 @@ from typing import Any
 
 import orjson
 
-from citystream.clickhouse import StoreError, chdb_path, connect, opened_here, query_rows, read_owner
+from citystream.clickhouse import (
+    StoreError,
+    chdb_path,
+    connect,
+    opened_here,
+    privacy_token,
+    query_rows,
+    read_owner,
+)
 from citystream.schemas import migrate as schema
 from citystream.settings import ClickHouseSettings, Settings
 
@@ -147,7 +156,7 @@ def call(settings: Settings | ClickHouseSettings, op: str, payload: dict[str, An
         if owner is not None:
             url = f"{owner.url}/privacy?{urllib.parse.urlencode({'database': ch.database})}"
             request = urllib.request.Request(url, data=orjson.dumps({"op": op, "payload": payload}), method="POST",
-                                             headers={"Authorization": f"Bearer {owner.token}",
+                                             headers={"Authorization": f"Bearer {privacy_token(settings)}",
                                                       "Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as resp:

@@ -112,7 +112,8 @@ class Sink:
                              self.stop, self.clock)
         server = None
         if clickhouse.chdb_path(ch.dsn) is not None:
-            server = QueryServer(ch, self.settings.sink.query_host, self.settings.sink.query_port).start()
+            server = QueryServer(ch, self.settings.sink.query_host, self.settings.sink.query_port,
+                                 privacy_token=self.settings.sink.privacy_token.get_secret_value() or None).start()
         kafka = self.settings.kafka.client_config()
         self.producer = Producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
         self.consumer = Consumer({**kafka, **FETCH_TUNING, "group.id": self.settings.sink.group_id,

@@ -9,11 +9,13 @@ It listens on loopback by default (``sink.query_host``/``sink.query_port``; port
 and is advertised, with its token, by :func:`citystream.clickhouse.advertise` in an owner file only
 the sink's user can read.
 
-``POST /privacy?database=DB`` with ``{"op", "payload"}`` as JSON and the same token runs one of the
+``POST /privacy?database=DB`` with ``{"op", "payload"}`` as JSON and the privacy token runs one of the
 fixed privacy operations (:data:`citystream.privacy_store.OPS`: append an audit entry, erase a plate's
 records) on a dedicated writable client, and answers ``200`` with the result as JSON, ``400`` with the
 reason. It never runs SQL from the request: the embedded store has one owner, so audit and erasure
-writes must go through it.
+writes must go through it. The privacy token is not the query token (a reader holding the owner file's
+token gets ``401`` there): ``sink.privacy_token`` when configured, else a random one made at start and
+written to ``<chdb path>/citystream-privacy-token`` (0600) for the privacy commands, removed at stop.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
-from citystream.clickhouse import StoreError, new_token, reader, run_readonly
+from citystream.clickhouse import (
+    PRIVACY_TOKEN_FILE,
+    StoreError,
+    chdb_path,
+    new_token,
+    reader,
+    run_readonly,
+    write_privacy_token,
+)
 from citystream.httpd import Handler
 from citystream.privacy_store import check_database, run_op, writer
 from citystream.settings import ClickHouseSettings
@@ -51,9 +61,15 @@ def _arrow_bytes(table: pa.Table) -> bytes:
 class QueryServer:
     """Serves read-only SQL on the owned store in a daemon thread."""
 
-    def __init__(self, ch: ClickHouseSettings, host: str, port: int, token: str | None = None) -> None:
+    def __init__(self, ch: ClickHouseSettings, host: str, port: int, token: str | None = None,
+                 privacy_token: str | None = None) -> None:
         self.ch = ch
         self.token = token or new_token()
+        self.privacy_token = privacy_token or new_token()
+        if hmac.compare_digest(self.token.encode(), self.privacy_token.encode()):
+            raise ValueError("the /privacy token must differ from the /query token")
+        path = chdb_path(ch.dsn)
+        self._privacy_token_file = path / PRIVACY_TOKEN_FILE if path is not None and not privacy_token else None
         server = self
 
         class QueryHandler(Handler):
@@ -65,11 +81,13 @@ class QueryServer:
                     self.reply(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
-                given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(), server.token.encode()):
-                    self.reply(401, b"a bearer token is required (the sink's owner file has it)", "text/plain")
-                    return
                 url = urlparse(self.path)
+                given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                wanted = server.privacy_token if url.path == "/privacy" else server.token
+                if not hmac.compare_digest(given.encode(), wanted.encode()):
+                    self.reply(401, b"/privacy wants the privacy token (sink.privacy_token)" if url.path == "/privacy"
+                               else b"a bearer token is required (the sink's owner file has it)", "text/plain")
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 if url.path not in ROUTES or not 0 < length <= MAX_SQL_BYTES:
                     self.reply(400, b"POST /query with SQL or /privacy with JSON in the body (at most 1 MiB)",
@@ -128,12 +146,16 @@ class QueryServer:
         return result
 
     def start(self) -> QueryServer:
-        """Start serving; returns self."""
+        """Start serving (and write a generated privacy token for the privacy commands); returns self."""
+        if self._privacy_token_file is not None:
+            write_privacy_token(self._privacy_token_file.parent, self.privacy_token)
         self.thread.start()
         log.info("query endpoint up", extra={"url": self.url})
         return self
 
     def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving; remove a generated privacy token."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self._privacy_token_file is not None:
+            self._privacy_token_file.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from citystream.settings.base import Section
 
@@ -25,6 +25,10 @@ class SinkSettings(Section):
                                          "for its dead predecessor's session to time out; '' = dynamic membership")
     query_host: str = "127.0.0.1"
     query_port: int = Field(8124, ge=0, le=65535, description="0 = any free port (advertised to readers)")
+    privacy_token: SecretStr = Field(SecretStr(""), description="bearer token of the sink's POST /privacy route "
+                                     "(erasure, audit entries), never the /query token; give it only to the privacy "
+                                     "officer's settings. '' = the sink makes a random one per start, readable only "
+                                     "by its user in <chdb path>/citystream-privacy-token")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between insert retries")
     archive_frames: bool = Field(True, description="keep frames that carry detections in frames_dir + frame_index")
     frames_dir: Path = Field(Path(".citystream/frames"), description="claim-check store for frames with detections")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from citystream import clickhouse
 from citystream.audit import AuditEntry, entries, record
@@ -88,15 +90,16 @@ def test_the_privacy_route_wants_the_token_and_runs_only_its_fixed_operations(st
         good = orjson.dumps({"op": "audit", "payload": {"entry": entry}})
         assert _post(url, good, None)[0] == 401
         assert _post(url, good, "wrong")[0] == 401
-        code, body = _post(url, good, server.token)
+        assert _post(url, good, server.token)[0] == 401  # the /query token is not the /privacy token
+        code, body = _post(url, good, server.privacy_token)
         assert code == 200 and "at" in orjson.loads(body)
         for bad in (b"not json", orjson.dumps({"op": "sql", "payload": {"sql": "DROP TABLE audit_log"}}),
                     orjson.dumps({"op": "erase", "payload": {"pairs": [["t", "'; DROP TABLE audit_log; --"]]}}),
                     orjson.dumps({"op": "audit", "payload": {"entry": {**entry, "details": [1]}}})):
-            code, body = _post(url, bad, server.token)
+            code, body = _post(url, bad, server.privacy_token)
             assert code == 400, body
         injected = f"{server.url}/privacy?database=" + urllib.parse.quote(f"{db}`.audit_log DELETE WHERE 1 --")
-        code, body = _post(injected, good, server.token)
+        code, body = _post(injected, good, server.privacy_token)
         assert code == 400 and b"bad database name" in body
         code, body = _post(injected.replace("/privacy?", "/query?"), b"SELECT 1", server.token)
         assert code == 400 and b"bad database name" in body
@@ -104,3 +107,42 @@ def test_the_privacy_route_wants_the_token_and_runs_only_its_fixed_operations(st
         server.stop()
     got: list[dict[str, Any]] = entries(store)
     assert [(e["actor"], e["action"]) for e in got] == [("somchai", "privacy.search")]
+
+
+@pytest.mark.integration
+def test_the_privacy_token_is_its_own_and_only_the_sinks_user_can_read_a_generated_one(store: Settings) -> None:
+    path = clickhouse.chdb_path(store.clickhouse.dsn)
+    assert path is not None
+    token_file = path / clickhouse.PRIVACY_TOKEN_FILE
+    server = QueryServer(store.clickhouse, "127.0.0.1", 0).start()
+    try:
+        assert server.privacy_token != server.token
+        assert token_file.read_text() == server.privacy_token
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with clickhouse.advertise(store.clickhouse, server.url, server.token):  # as the sink does
+            owner_file = (path / clickhouse.OWNER_FILE).read_text()
+        assert server.token in owner_file and server.privacy_token not in owner_file
+        assert clickhouse.privacy_token(store) == server.privacy_token  # what the privacy commands send
+        query = f"{server.url}/query?database={store.clickhouse.database}"
+        assert _post(query, b"SELECT 1", server.privacy_token)[0] == 401  # and it opens no /query either
+        assert _post(query, b"SELECT 1", server.token)[0] == 200
+    finally:
+        server.stop()
+    assert not token_file.exists()
+
+    configured = store.model_copy(update={"sink": store.sink.model_copy(
+        update={"privacy_token": SecretStr("dpo-secret-from-a-vault")})})
+    server = QueryServer(store.clickhouse, "127.0.0.1", 0,
+                         privacy_token=configured.sink.privacy_token.get_secret_value()).start()
+    try:
+        assert not token_file.exists()  # a configured token is never written down by the sink
+        assert clickhouse.privacy_token(configured) == "dpo-secret-from-a-vault"
+        url = f"{server.url}/privacy?database={store.clickhouse.database}"
+        entry = {"actor": "malee", "action": "privacy.search", "subject": "s", "reason": "r"}
+        body = orjson.dumps({"op": "audit", "payload": {"entry": entry}})
+        assert _post(url, body, server.token)[0] == 401
+        assert _post(url, body, "dpo-secret-from-a-vault")[0] == 200
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="must differ"):
+        QueryServer(store.clickhouse, "127.0.0.1", 0, token="same", privacy_token="same")
