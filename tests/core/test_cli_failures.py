@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "query": (["query", "--json", "SELECT 1"], "clickhouse"),
     "migrate": (["migrate"], "clickhouse"),
     "status": (["status", "--interval", "0.5", "--timeout", "2"], "kafka"),
+    "privacy audit": (["privacy", "audit"], "clickhouse"),
+    "privacy search": (["privacy", "search", "--plate", "1กข 1234", "--province", "กรุงเทพมหานคร"], "clickhouse"),
+    "privacy erase": (["privacy", "erase", "--plate", "1กข 1234", "--province", "กรุงเทพมหานคร",
+                       "--reason", "test"], "clickhouse"),
 }
 # these reach the CLI's central handler (the others report the failure themselves)
 CENTRAL = {"watchlist list", "faces match"}
