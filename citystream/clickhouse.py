@@ -17,10 +17,10 @@ Read-only means a dedicated client (in chDB a per-query setting would stick to t
 and readers never share a client) with ``readonly=1`` on chDB — Arrow strings as bytes are set before it,
 since no setting can change afterwards — and ``readonly=2`` (no writes or DDL, settings allowed) on a
 server, where each request carries its settings; give server readers a read-only user as well.
-Before any of that, :func:`check_readonly_sql` refuses what reads or writes the host or the network
-(``INTO OUTFILE``, table functions such as ``file()``, ``url()``, ``s3()``, ``remote()``,
-``executable()``) and more than one statement: the embedded engine writes ``INTO OUTFILE`` files even
-with ``readonly=1``.
+Before any of that, :func:`check_readonly_sql` (:mod:`citystream.readonly_sql`) refuses everything but
+one reading statement, and what reads or writes the host or the network (``INTO OUTFILE``, ``SETTINGS``,
+``file()``, ``url()``, ``s3()``, ``remote()``, ``executable()`` and the other such functions): the
+embedded engine writes ``INTO OUTFILE`` files and runs the scalar ``file()`` even with ``readonly=1``.
 
 The owner's endpoint requires the bearer token it writes into the owner file (mode 0600), so only
 the user that runs the sink (and root) can query through it. Its privileged ``/privacy`` route wants
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import threading
 import time
@@ -49,6 +48,7 @@ import clickhouse_connect
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
+from citystream import readonly_sql
 from citystream.settings import ClickHouseSettings, Settings
 
 OWNER_FILE = "citystream-owner.json"
@@ -248,25 +248,15 @@ def as_text(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-_LITERALS = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"|--[^\n]*|#[^\n]*|/\*.*?\*/", re.S)
-_HOST_ACCESS = re.compile(
-    r"\binto\s+outfile\b|\bfrom\s+infile\b|\b(?:file|url|urlcluster|s3|s3cluster|gcs|oss|cosn|hdfs|hdfscluster|"
-    r"azureblobstorage|azureblobstoragecluster|remote|remotesecure|cluster|clusterallreplicas|mysql|postgresql|"
-    r"mongodb|redis|sqlite|odbc|jdbc|executable|input|deltalake|iceberg|icebergs3|hudi|python|dictionary|"
-    r"fuzzjson|fuzzquery|merge|view)\s*\(|\bsystem\s|\bsettings\b",
-    re.I)
-
-
 def check_readonly_sql(sql: str) -> None:
-    """Refuse SQL that could read or write the host or the network, change settings, or run twice (StoreError)."""
-    bare = _LITERALS.sub(" ", sql).replace("`", "")
-    statements = [part for part in bare.split(";") if part.strip()]
-    if len(statements) > 1:
-        raise StoreError("refused: one statement per query")
-    found = _HOST_ACCESS.search(bare)
-    if found:
-        raise StoreError(f"refused: '{found.group(0).strip()}' is not allowed on the read-only query path "
-                         "(no files, URLs, remote tables, settings or SYSTEM statements)")
+    """Refuse SQL that could read or write the host or the network, change settings, or run twice (StoreError).
+
+    The rules are :func:`citystream.readonly_sql.check_readonly_sql`'s.
+    """
+    try:
+        readonly_sql.check_readonly_sql(sql)
+    except readonly_sql.RefusedSql as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def run_readonly(client: Any, sql: str) -> pa.Table:
