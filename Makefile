@@ -30,7 +30,7 @@ typecheck:
 	cd .build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p citystream
 
 pytest:
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # One image per role (Dockerfile targets), tagged citystream-<role>:<version>; needs a Docker engine.
 IMAGE_ROLES := gateway simulator bridge worker sink
