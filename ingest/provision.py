@@ -5,7 +5,8 @@
 broker SIGHUP; it returns once the new login is accepted by that broker (or immediately when no
 broker of this stack home runs: ``stack up`` applies the registry). ``revoke`` removes the gateway
 the same way; Mosquitto disconnects it if it is connected. The password is shown once and never
-stored in clear.
+stored in clear. A tenant new to the stack home gets its own random pseudonym key
+(:func:`citystream.stack.keys.ensure_tenants`) when its first gateway is provisioned.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citystream.ingest import mqtt_tls
 from citystream.settings import MqttSettings, Settings
-from citystream.stack import identities, mosquitto
+from citystream.stack import identities, keys, mosquitto
 from citystream.stack.identities import GatewayIdentity, IdentityError
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ def provision_many(settings: Settings, tenant: str, gateways: list[str], rotate:
         made = [GatewayIdentity(tenant=tenant, gateway=gw, root=settings.mqtt.topic_root, provisioned_at=now,
                                 password_hash=identities.password_hash(names[gw], passwords[gw])) for gw in gateways]
         identities.save(home, [*(g for g in current if g.username not in names.values()), *made])
+        _tenant_key(settings, tenant)
         pid = mosquitto.apply_identities(settings)
     if pid is not None:
         for gw in gateways:
@@ -88,6 +91,24 @@ def provision_many(settings: Settings, tenant: str, gateways: list[str], rotate:
                                                "broker_pid": pid})
     return {i.gateway: {"username": i.username, "password": passwords[i.gateway], "topic_prefix": i.topic_prefix}
             for i in made}
+
+
+def _tenant_key(settings: Settings, tenant: str) -> bool:
+    """Give a tenant new to this stack home its own random pseudonym key (credentials and settings file, 0600).
+
+    Returns whether the tenant was new; the worker uses the key after its next start (until then the ``*``
+    key pseudonymises the tenant's plates, as for any tenant without a key of its own).
+    """
+    home = settings.stack.home.resolve()
+    path = home / "credentials.json"
+    if not path.exists():  # no stack here yet: its first `stack up` keys every registered tenant
+        return False
+    creds: dict[str, str] = orjson.loads(path.read_bytes())
+    if keys.PREFIX + tenant in creds:
+        return False
+    keys.ensure_tenants(home, creds, [tenant], home / "citystream.yaml")
+    log.info("pseudonym key made for a new tenant; restart the worker to use it", extra={"tenant": tenant})
+    return True
 
 
 def revoke(settings: Settings, tenant: str, gateway: str) -> GatewayIdentity:

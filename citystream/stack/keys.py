@@ -1,8 +1,12 @@
 """The local stack's pseudonym keys: one random HMAC key per tenant (``*`` for the others), rotation.
 
 Current keys live in ``<home>/credentials.json`` (0600): ``pseudonym`` is the ``*`` key, made by the
-first ``stack up``; ``pseudonym:<tenant>`` a tenant's own, made by ``citystream stack rotate-key
---tenant T``. Every key is ``secrets.token_urlsafe(32)`` (256 random bits), never a placeholder.
+first ``stack up``; ``pseudonym:<tenant>`` a tenant's own, made for every tenant the settings know
+(:func:`known_tenants`: the gateway/simulator tenant, console users' tenants, tenants with configured
+keys, provisioned gateways' tenants) by ``stack up``, for a new tenant by ``citystream gateway
+provision --tenant T`` (:func:`ensure_tenants`; restart the worker to use it), and replaced by
+``citystream stack rotate-key --tenant T``. Every key is ``secrets.token_urlsafe(32)`` (256 random
+bits), never a placeholder.
 ``rotate`` replaces one key, moves the old one to ``<home>/retired-pseudonym-keys.json`` (0600,
 with the time it was retired: a data-subject request needs the pseudonyms under every key still
 present in the data; destroy it once ``plate_reads`` has expired past it, docs/PRIVACY.md) and
@@ -67,6 +71,41 @@ def managed(configured: dict[str, str], creds: dict[str, str], home: Path) -> bo
     return bool(configured) and set(configured.values()) <= known
 
 
+def known_tenants(settings: Any, home: Path) -> list[str]:
+    """Tenants this stack's settings and registry know: they get a key of their own at ``stack up``."""
+    from citystream.stack import identities
+
+    tenants = {settings.gateway.tenant, *(t for t in settings.worker.pseudonym_keys if t != "*"),
+               *(t for user in settings.console.users.values() for t in user.tenants),
+               *(g.tenant for g in identities.load(home))}
+    return sorted(t for t in tenants if re.fullmatch(TENANT, t))
+
+
+def ensure_tenants(home: Path, creds: dict[str, str], tenants: list[str], config: Path | None = None
+                   ) -> dict[str, str]:
+    """Give each tenant without one a new random key (credentials 0600, and the settings file if its keys are
+    the stack's own); returns the credentials. Keys already there are never changed."""
+    missing = [t for t in tenants if PREFIX + t not in creds]
+    if not missing:
+        return creds
+    home = home.resolve()
+    added = {PREFIX + t: new_key() for t in missing}
+    updated = {**creds, **added}
+    write_private(home / "credentials.json", orjson.dumps(updated))
+    if config is not None and config.exists():
+        doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        configured = (doc.get("worker") or {}).get("pseudonym_keys") or {}
+        if not configured or managed(configured, creds, home):
+            doc.setdefault("worker", {})["pseudonym_keys"] = current(updated)
+            _write_config(config, doc)
+    return updated
+
+
+def _write_config(config: Path, doc: dict[str, Any]) -> None:
+    header = "# Written by 'citystream stack up': settings for processes using the local stack.\n"
+    write_private(config, (header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)).encode())
+
+
 def rotate(home: Path, creds: dict[str, str], tenant: str, config: Path | None) -> dict[str, Any]:
     """Give ``tenant`` (or ``*``) a new key; retire the old one; update the settings file if there is one."""
     if tenant != "*" and not re.fullmatch(TENANT, tenant):
@@ -84,7 +123,6 @@ def rotate(home: Path, creds: dict[str, str], tenant: str, config: Path | None) 
         doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         worker = doc.setdefault("worker", {})
         worker["pseudonym_keys"] = {**(worker.get("pseudonym_keys") or {}), tenant: key}
-        header = "# Written by 'citystream stack up': settings for processes using the local stack.\n"
-        write_private(config, (header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)).encode())
+        _write_config(config, doc)
     return {"tenant": tenant, "fingerprint": fingerprint(key), "previous": fingerprint(old) if old else None,
             "retired_file": str(home / RETIRED) if old else None}

@@ -48,7 +48,7 @@ def credentials(home: Path) -> dict[str, str]:
 def local_settings(settings: Settings) -> Settings:
     """The given settings pointed at this local stack (ports, users, embedded ClickHouse path)."""
     home = settings.stack.home.resolve()
-    creds = credentials(home)
+    creds = keys.ensure_tenants(home, credentials(home), keys.known_tenants(settings, home))  # a key per tenant
     data = dump_settings(settings)
     data["stack"]["home"] = str(home)
     data["stack"]["kafka_jars"] = str(settings.stack.kafka_jars.resolve())

@@ -170,16 +170,16 @@ def test_pseudonym_keys_are_per_stack_per_tenant_and_rotate(tmp_path: Path) -> N
         s = Settings.model_validate({"stack": {"home": str(tmp_path / home)}, **overrides})
         return local.write_config_file(local.local_settings(s))
 
-    config = written("a")
-    first = load_settings(config).worker.pseudonym_key("nakhon-rangsit")
-    assert first is not None and first != load_settings(written("b")).worker.pseudonym_key("nakhon-rangsit")
+    config = written("a")  # "other-town" is no tenant the stack knows: it uses the "*" key
+    first = load_settings(config).worker.pseudonym_key("other-town")
+    assert first is not None and first != load_settings(written("b")).worker.pseudonym_key("other-town")
     again = local.local_settings(load_settings(config))  # `stack up` reading its own file keeps the key
-    assert again.worker.pseudonym_key("nakhon-rangsit") == first
+    assert again.worker.pseudonym_key("other-town") == first
 
     done = orjson.loads(citystream("stack", "rotate-key", "--json", config=config).stdout)
-    rotated = load_settings(config).worker.pseudonym_key("nakhon-rangsit")
+    rotated = load_settings(config).worker.pseudonym_key("other-town")
     assert rotated is not None and rotated != first and done["tenant"] == "*" and done["previous"]
-    assert local.local_settings(load_settings(config)).worker.pseudonym_key("nakhon-rangsit") == rotated, \
+    assert local.local_settings(load_settings(config)).worker.pseudonym_key("other-town") == rotated, \
         "the next stack up keeps the rotated key"
     retired_file = Path(done["retired_file"])
     assert stat.S_IMODE(retired_file.stat().st_mode) == 0o600
@@ -188,7 +188,7 @@ def test_pseudonym_keys_are_per_stack_per_tenant_and_rotate(tmp_path: Path) -> N
 
     citystream("stack", "rotate-key", "--tenant", "pathum-pao", config=config)
     s = load_settings(config)
-    own, other = s.worker.pseudonym_key("pathum-pao"), s.worker.pseudonym_key("nakhon-rangsit")
+    own, other = s.worker.pseudonym_key("pathum-pao"), s.worker.pseudonym_key("other-town")
     assert own is not None and own not in (other, first) and other == rotated, "a tenant key of its own"
     assert local.local_settings(s).worker.pseudonym_key("pathum-pao") == own
     assert "*****" not in config.read_text() and stat.S_IMODE(config.stat().st_mode) == 0o600
