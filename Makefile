@@ -14,7 +14,9 @@ setup:
 demo: setup
 	$(CS) stack up
 	@if ! kill -0 "$$(cat .citystream/console.pid 2>/dev/null)" 2>/dev/null; then mkdir -p .citystream/logs; nohup $(CS) console --demo-login >> .citystream/logs/console.log 2>&1 & echo $$! > .citystream/console.pid; fi
+	$(CS) stack pipeline stop
 	$(CS) demo --duration $(DEMO_SECONDS)
+	$(CS) stack pipeline start
 
 test: setup lint typecheck pytest
 
@@ -46,6 +48,7 @@ images:
 stack-up: setup
 	$(CS) stack up
 
+# Stops the live pipeline and the console that `make demo` leaves running, then Mosquitto and Kafka.
 stack-down:
 	$(CS) stack down
 

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from citystream.settings import Settings
+from citystream.stack.procs import Managed
 
 LOGIN = "demo"
 FILE = "console-demo-login.json"
@@ -54,4 +55,10 @@ def console_line(settings: Settings) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     scheme = "https" if cfg.tls else "http"
     return (f"console: {scheme}://{host}:{cfg.port}/  login: {LOGIN} / {demo_password(settings)}  "
-            f"(stop it: kill $(cat {settings.stack.home / PID_FILE}))")
+            "(stop it, the live pipeline and the stack: citystream stack down)")
+
+
+def stop_console(settings: Settings) -> bool:
+    """Stop the demo console that ``make demo`` started (``<home>/console.pid``); True if one was running."""
+    home = settings.stack.home.resolve()
+    return Managed("console", home / PID_FILE, home / "logs" / "console.log", "console --demo-login").stop()

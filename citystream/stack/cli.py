@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,9 +37,11 @@ def stack_up(ctx: click.Context, as_json: bool) -> None:
 @stack.command("down")
 @click.pass_context
 def stack_down(ctx: click.Context) -> None:
-    """Stop the processes this stack started (data is kept)."""
-    from citystream.stack import local
-    stopped = local.down(settings_of(ctx))
+    """Stop the live pipeline, the demo console and the servers this stack started (data is kept)."""
+    from citystream.console.demo_login import stop_console
+    from citystream.stack import local, pipeline
+    settings = settings_of(ctx)
+    stopped = {**pipeline.stop(settings), "console": stop_console(settings), **local.down(settings)}
     click.echo(" ".join(f"{k}={'stopped' if v else 'not running'}" for k, v in stopped.items()))
 
 
@@ -91,3 +94,100 @@ def stack_rotate_key(ctx: click.Context, tenant: str, as_json: bool) -> None:
     if done["retired_file"]:
         click.echo(f"the previous key ({done['previous']}) is kept in {done['retired_file']} until plate_reads "
                    "has expired past it (docs/PRIVACY.md, key rotation)")
+
+
+@stack.group("pipeline")
+def stack_pipeline() -> None:
+    """A live pipeline in the background: simulated gateways, bridge, worker, sink (stopped by 'stack down')."""
+
+
+def _traffic_options(func: Any) -> Any:
+    from citystream.stack.pipeline import Traffic
+    plan = Traffic()
+    for name, dest, kind, default, text in reversed([
+            ("--gateways", "gateways", click.IntRange(1, 50), plan.gateways, "Simulated gateways."),
+            ("--cameras", "cameras", click.IntRange(0, 8), plan.cameras, "Cameras per gateway."),
+            ("--sensors", "sensors", click.IntRange(0, 64), plan.sensors, "Sensors per gateway."),
+            ("--rate", "rate", click.FloatRange(0.1, 50), plan.rate_hz,
+             "Readings per second per sensor (and frames per second per camera)."),
+            ("--round", "round_s", click.FloatRange(10), plan.round_s,
+             "Seconds per round (each with a PM2.5 haze and a canal rise)."),
+            ("--duration", "duration", click.FloatRange(1), plan.duration_s,
+             "Seconds of traffic in all, then it stops by itself.")]):
+        func = click.option(name, dest, type=kind, default=default, show_default=True, help=text)(func)
+    return func
+
+
+@stack_pipeline.command("start")
+@_traffic_options
+@click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
+@click.pass_context
+def pipeline_start(ctx: click.Context, gateways: int, cameras: int, sensors: int, rate: float, round_s: float,
+                   duration: float, as_json: bool) -> None:
+    """Start what is not running; return once the sink answers queries (processes keep running)."""
+    from citystream.console.demo_login import console_line
+    from citystream.settings import config_path
+    from citystream.stack import pipeline
+    from citystream.stack.mosquitto import StackError
+    settings = settings_of(ctx)
+    path = config_path(ctx.find_root().params.get("config"))
+    if path is None:
+        fail("no settings file: run 'citystream stack up' first (it writes .citystream/citystream.yaml)", 2)
+    try:
+        st = pipeline.start(settings, path, pipeline.Traffic(gateways, cameras, sensors, rate, round_s, duration))
+    except StackError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(st)
+        return
+    _echo_status(st)
+    click.echo("live pipeline running; stop it (and the console and the stack): citystream stack down")
+    if console_line(settings):
+        click.echo(console_line(settings))
+
+
+@stack_pipeline.command("stop")
+@click.pass_context
+def pipeline_stop(ctx: click.Context) -> None:
+    """Stop the traffic, the bridge, the worker and the sink (last)."""
+    from citystream.stack import pipeline
+    stopped = pipeline.stop(settings_of(ctx))
+    click.echo(" ".join(f"{k}={'stopped' if v else 'not running'}" for k, v in stopped.items()))
+
+
+@stack_pipeline.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def pipeline_status(ctx: click.Context, as_json: bool) -> None:
+    """Whether each process of the live pipeline runs, and its log."""
+    from citystream.stack import pipeline
+    st = pipeline.status(settings_of(ctx))
+    if as_json:
+        print_json(st)
+    else:
+        _echo_status(st)
+
+
+def _echo_status(st: dict[str, Any]) -> None:
+    for name, proc in st.items():
+        if isinstance(proc, dict):
+            state = f"running pid {proc['pid']}" if proc["running"] else "stopped"
+            click.echo(f"{name:8s} {state:18s} log {proc['log']}")
+
+
+@stack_pipeline.command("traffic", hidden=True)
+@_traffic_options
+@click.pass_context
+def pipeline_traffic(ctx: click.Context, gateways: int, cameras: int, sensors: int, rate: float, round_s: float,
+                     duration: float) -> None:
+    """The live pipeline's simulated gateways, in rounds, until SIGTERM or --duration (run by 'start')."""
+    import signal
+    import threading
+
+    from citystream.stack import pipeline
+    settings = settings_of(ctx)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    rounds = pipeline.run_traffic(settings, pipeline.Traffic(gateways, cameras, sensors, rate, round_s, duration), stop)
+    click.echo(f"traffic stopped after {rounds} rounds")
