@@ -4,6 +4,7 @@
 #   docker build --target sink      -t citystream-sink:0.1.0 .
 #   docker build --target gateway   -t citystream-gateway:0.1.0 .
 #   docker build --target simulator -t citystream-simulator:0.1.0 .
+#   docker build --target console   -t citystream-console:0.1.0 .     (the control-room web console)
 # `make images` builds them all. Every image runs as uid/gid 10001 and works with a read-only root
 # filesystem: the only writable paths are /var/lib/citystream (data: spool, Faust data dir, frames,
 # chDB) and /tmp, both declared volumes. Debian package versions are those of bookworm (checked with
@@ -35,6 +36,7 @@ COPY processors ./processors
 COPY sinks ./sinks
 COPY schemas ./schemas
 COPY bench ./bench
+COPY console ./console
 
 # Every requirement is pinned (==) in pyproject.toml's extras, which hadolint cannot see (DL3013).
 FROM src AS venv-gateway
@@ -56,6 +58,10 @@ RUN pip install --no-cache-dir ".[worker]"
 FROM src AS venv-sink
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[sink]"
+
+FROM src AS venv-console
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[console]"
 
 # ---- role images ---------------------------------------------------------------------------------
 FROM base AS gateway
@@ -107,3 +113,12 @@ USER 10001:10001
 WORKDIR /var/lib/citystream
 ENTRYPOINT ["citystream"]
 CMD ["--config", "/etc/citystream/citystream.yaml", "sink"]
+
+FROM base AS console
+COPY --from=venv-console /opt/venv /opt/venv
+VOLUME ["/var/lib/citystream", "/tmp"]
+USER 10001:10001
+WORKDIR /var/lib/citystream
+EXPOSE 8088
+ENTRYPOINT ["citystream"]
+CMD ["--config", "/etc/citystream/citystream.yaml", "console"]

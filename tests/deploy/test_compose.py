@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 STAGES = ("bridge", "worker", "sink")
-ROLES = (*STAGES, "topics", "simulator")
+ROLES = (*STAGES, "topics", "simulator", "console")
 
 
 def compose() -> dict[str, Any]:
@@ -100,3 +100,19 @@ def test_mosquitto_has_a_tls_listener_ready_to_enable() -> None:
     assert "include_dir /mosquitto/config/conf.d" in conf
     tls = (REPO / "deploy" / "compose" / "mosquitto.d" / "tls.conf.example").read_text()
     assert re.search(r"^listener 8883", tls, re.M) and "certfile /mosquitto/certs/server.crt" in tls
+
+
+def test_the_console_serves_its_port_with_logins_from_the_environment() -> None:
+    svc = compose()["services"]["console"]
+    env = svc["environment"]
+    assert svc["command"] == ["console"] and "8088:8088" in svc["ports"]
+    assert (env["CITYSTREAM_CONSOLE__HOST"], env["CITYSTREAM_CONSOLE__PORT"]) == ("0.0.0.0", "8088")
+    # secrets only by reference to the operator's environment, required at `up`
+    assert env["CITYSTREAM_CONSOLE__SESSION_SECRET"] == "${CONSOLE_SESSION_SECRET:?set CONSOLE_SESSION_SECRET}"
+    assert env["CITYSTREAM_CONSOLE__USERS"] == "${CONSOLE_USERS:?set CONSOLE_USERS}"
+    assert not any(key.startswith("CITYSTREAM_MQTT__") for key in env), "the console needs no MQTT login"
+    assert "8088/healthz" in " ".join(svc["healthcheck"]["test"])
+    # frames from the sink's volume, read-only, where the console looks for them
+    assert "sink-data:/srv/sink:ro" in svc["volumes"] and env["CITYSTREAM_SINK__FRAMES_DIR"] == "/srv/sink/frames"
+    assert svc["depends_on"]["topics"] == {"condition": "service_completed_successfully"}
+    assert svc["depends_on"]["clickhouse"] == {"condition": "service_healthy"}

@@ -69,10 +69,11 @@ def test_the_base_image_is_pinned() -> None:
         assert image in stages() or image == "${PYTHON_IMAGE}", f"{name} starts from an unpinned {image}"
 
 
-def test_one_target_per_role_non_root_with_its_own_extra() -> None:
+@pytest.mark.parametrize("roles", [ROLES, ("console",)], ids=["stages", "console"])
+def test_one_target_per_role_non_root_with_its_own_extra(roles: tuple[str, ...]) -> None:
     all_stages = stages()
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for role in ROLES:
+    for role in roles:
         assert role in all_stages, f"no target {role}"
         instructions = all_stages[role]
         users = [args for kw, args in instructions if kw == "USER"]
@@ -112,3 +113,10 @@ def test_make_images_builds_every_role() -> None:
     assert re.search(r"^images:", makefile, re.M)
     roles = re.search(r"^IMAGE_ROLES\s*:?=\s*(.+)$", makefile, re.M)
     assert roles is not None and set(roles.group(1).split()) == set(ROLES)
+
+
+def test_every_package_dir_is_in_the_build_sources() -> None:
+    """``pip install .[role]`` builds every package of pyproject's package-dir: each folder must be copied in."""
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    copied = {args.split()[0] for kw, args in stages()["src"] if kw == "COPY"}
+    assert set(package_dir.values()) <= copied

@@ -125,7 +125,7 @@ def test_worker_and_sink_use_static_membership_from_the_pod_name() -> None:
 @pytest.mark.parametrize("sets", [(), ("simulator.enabled=true",)], ids=["defaults", "simulator"])
 def test_every_stage_has_health_probes_on_the_metrics_port(sets: tuple[str, ...]) -> None:
     docs = render(sets=sets)
-    workloads = {n: d for n, d in pod_specs(docs).items() if not n.endswith("-topics")}
+    workloads = {n: d for n, d in pod_specs(docs).items() if not n.endswith(("-topics", "-console"))}
     assert set(workloads) >= {f"cs-{s}" for s in STAGES}
     if sets:
         assert "cs-simulator" in workloads
@@ -276,3 +276,35 @@ def test_sequence_tracking_is_off_with_several_bridges_unless_set() -> None:
     assert bridge_settings()["track_sequences"] is False  # 2 replicas by default
     assert "track_sequences" not in bridge_settings("stages.bridge.replicas=1")
     assert bridge_settings("settings.bridge.track_sequences=true")["track_sequences"] is True
+
+
+def test_the_console_is_a_deployment_and_service_with_logins_from_the_secret(tmp_path: Path) -> None:
+    docs = render(sets=("console.port=8443", "console.service.port=8080"))
+    deployment = by_kind(docs, "Deployment")["cs-console"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 1 and container["args"][-1] == "console"
+    assert container["image"] == "citystream-console:0.1.0"
+    assert container["ports"] == [{"name": "http", "containerPort": 8443, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # logins and the session key come from the Secret, like every other secret; the values refuse them
+    assert container["envFrom"] == [{"secretRef": {"name": "citystream-secrets"}}]
+    for key in ("settings.console.session_secret=x", "settings.console.users.a.role=admin"):
+        res = helm("template", "cs", str(CHART), "--kube-version", KUBE_VERSION, "--set", key, check=False)
+        assert res.returncode != 0 and "/settings" in res.stderr, key
+    service = by_kind(docs, "Service")["cs-console"]["spec"]
+    assert service["selector"]["app.kubernetes.io/component"] == "console"
+    assert service["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    (tmp_path / "citystream.yaml").write_text(by_kind(docs, "ConfigMap")["cs-settings"]["data"]["citystream.yaml"])
+    console = load_settings(tmp_path / "citystream.yaml").console
+    assert (console.host, console.port) == ("0.0.0.0", 8443)
+    policy = by_kind(docs, "NetworkPolicy")["cs-console"]["spec"]
+    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert {p["port"] for r in policy["egress"] for p in r["ports"]} >= {53, 9092, 8123}
+
+
+def test_the_console_needs_a_clickhouse_server() -> None:
+    res = helm("template", "cs", str(CHART), "--kube-version", KUBE_VERSION,
+               "--set", "settings.clickhouse.dsn=chdb://x", check=False)
+    assert res.returncode != 0 and "console.enabled needs a ClickHouse server" in res.stderr
+    assert "cs-console" not in by_kind(render(CHART / "examples" / "embedded.yaml"), "Deployment")

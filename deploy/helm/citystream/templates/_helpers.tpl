@@ -48,7 +48,8 @@ forced on top (no relative .citystream/ path can survive: the root filesystem is
   "metrics" (dict "host" "0.0.0.0" "port" (int .Values.metricsPort))
   "worker" (dict "data_dir" (printf "%s/worker" $data))
   "sink" (dict "frames_dir" (printf "%s/frames" $data))
-  "gateway" (dict "state_dir" (printf "%s/gateway" $data)) -}}
+  "gateway" (dict "state_dir" (printf "%s/gateway" $data))
+  "console" (dict "host" "0.0.0.0" "port" (int .Values.console.port)) -}}
 {{- $s = mustMergeOverwrite $s $forced -}}
 {{- /* Sequence tracking is exact only when one bridge sees all of a gateway's messages; the shared
 subscription spreads them over the replicas, so more than one replica turns it off unless set. */ -}}
