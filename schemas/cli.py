@@ -8,6 +8,7 @@ from citystream.cli import config_option, fail, print_json, settings_of
 from citystream.clickhouse import StoreBusy, StoreError, chdb_path, connect, read_owner
 from citystream.schemas.migrate import MigrationError, cluster_sql, distributed_sql, load_migrations
 from citystream.schemas.migrate import migrate as apply_migrations
+from citystream.stack.keys import known_tenants
 
 
 @click.command("migrate")
@@ -18,7 +19,11 @@ from citystream.schemas.migrate import migrate as apply_migrations
 @config_option
 @click.pass_context
 def migrate(ctx: click.Context, dsn: str | None, as_json: bool, cluster: str | None, config: str | None) -> None:
-    """Apply numbered SQL migrations in order into clickhouse.database; re-running is a no-op."""
+    """Apply numbered SQL migrations in order into clickhouse.database; re-running is a no-op.
+
+    Where the user may manage access, also the roles (0008) and, for every tenant the settings know, an
+    analyst role with row policies.
+    """
     settings = settings_of(ctx, **{"clickhouse.dsn": dsn})
     if cluster is not None:
         print_cluster_sql(settings.clickhouse.database, cluster)
@@ -32,7 +37,8 @@ def migrate(ctx: click.Context, dsn: str | None, as_json: bool, cluster: str | N
         client = connect(settings, database=False)
         applied = apply_migrations(client, settings.clickhouse.database,
                                    retention_days=settings.retention.tables,
-                                   image_days=settings.retention.dead_letter_image_days)
+                                   image_days=settings.retention.dead_letter_image_days,
+                                   tenants=known_tenants(settings, settings.stack.home))
     except StoreBusy as exc:
         fail(f"{exc}; stop it, or let the sink apply migrations at start")
     except (StoreError, MigrationError) as exc:

@@ -61,7 +61,8 @@ def test_migration_0005_removes_stored_plate_text_and_keeps_the_analyst_objects(
                   f"'{a.captured_at:%Y-%m-%d %H:%M:%S}', 'plate_watchlist', 'critical', 'raised', '{PLATE_ALERT}')")
     assert any(REGISTRATION in c for c in _string_cells(admin, unique))
 
-    assert migrate(admin, unique) == [m.name for m in load_migrations() if m.version >= 5]
+    later = [m.name for m in load_migrations() if m.version >= 5 and not m.needs_access_management]  # chDB: no roles
+    assert migrate(admin, unique) == later
     admin.command(f"OPTIMIZE TABLE {db}.alerts FINAL")  # let the message mutation finish before reading
     cells = _string_cells(admin, unique)
     assert cells and not [c for c in cells if "1234" in c or "1กข" in c or PROVINCE in c], "plate text left"
