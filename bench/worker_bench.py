@@ -123,8 +123,10 @@ def alert_latency(config: Path, procs: Procs, scale: str) -> dict[str, Entry]:
         raise RuntimeError(f"the frame backlog ({frames}) was finished during the measurement; raise it")
     p_idle, p_busy = _p(idle, 0.99), _p(busy, 0.99)
     common = {"samples": samples, "measured": "window-closing reading produced -> alert read from Kafka"}
-    return {"alert_p99_s_idle": entry(p_idle, "s", None, p50=round(_p(idle, 0.5), 4), **common),
+    return {"alert_p99_s_idle": entry(p_idle, "s", None, p50=round(_p(idle, 0.5), 4),
+                                      samples_s=[round(x, 4) for x in idle], **common),
             "alert_p99_s_frame_backlog": entry(p_busy, "s", None, p50=round(_p(busy, 0.5), 4),
+                                               samples_s=[round(x, 4) for x in busy],
                                                first_sample_s=round(busy[0], 4),
                                                p99_after_first_s=round(_p(busy[1:], 0.99), 4),
                                                ratio_to_idle=round(p_busy / p_idle, 2) if p_idle else None,

@@ -190,7 +190,17 @@ def data_dir(settings: Settings) -> Path:
 
 
 def make_faust_app(settings: Settings) -> faust.App:
-    """A Faust app configured from Settings (raw bytes in and out, memory tables, web server off or loopback)."""
+    """A Faust app configured from Settings (raw bytes in and out, memory tables, web server off or loopback).
+
+    Fetching is set so that a frame backlog does not hold readings back (head-of-line blocking; measured by
+    the bench's ``alert_p99_s_frame_backlog``). One fetch carries at most ``worker.max_partition_fetch_bytes``
+    per partition: a frame larger than that still comes whole, since the broker returns the first record
+    batch of a partition whatever its size. With the DLQ's 8 MiB instead, a burst of frames made fetches
+    of several MB that a reading produced after the burst had to wait for. ``broker_max_poll_records`` is
+    unlimited: aiokafka fills a capped poll partition by partition in the order the fetches arrived, so
+    readings fetched with a burst waited until the frames before them were handed to the frames agent; a
+    whole poll goes through Faust's scheduler, which takes one record per topic in turn.
+    """
     from citystream.processors.kafka_auth import broker_credentials
 
     w = settings.worker
@@ -200,8 +210,8 @@ def make_faust_app(settings: Settings) -> faust.App:
         app_id(settings), broker=broker_url(settings), store="memory://", datadir=str(directory),
         key_serializer="raw", value_serializer="raw", autodiscover=False,
         web_enabled=w.web_port > 0, web_port=w.web_port or 6066, web_bind="127.0.0.1", web_host="127.0.0.1",
-        producer_max_request_size=SPECS[DLQ].max_message_bytes, consumer_max_fetch_size=SPECS[DLQ].max_message_bytes,
-        broker_max_poll_records=max(50, 4 * pool_size(w.vision_processes)), producer_acks=-1,
+        producer_max_request_size=SPECS[DLQ].max_message_bytes, consumer_max_fetch_size=w.max_partition_fetch_bytes,
+        broker_max_poll_records=None, producer_acks=-1,
         topic_replication_factor=1, table_cleanup_interval=60.0,
         consumer_group_instance_id=w.instance_id or None,
         broker_credentials=broker_credentials(settings.kafka),  # kafka.security_protocol, sasl_*, ssl_*
@@ -243,7 +253,7 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
         app, name="watchlists", beacon=app.tables.beacon, key_type=bytes, value_type=bytes, partitions=1,
         is_global=True, standby_buffer_size=1, recovery_buffer_size=1, changelog_topic=watch_topic))
     pool = pool or VisionPool(pool_size(settings.worker.vision_processes), timeout_s=settings.worker.vision_timeout_s,
-                              detectors=detectors.build(settings.worker.detectors))
+                              detectors=detectors.build(settings.worker.detectors), nice=settings.worker.vision_nice)
     ctx = WorkerContext(settings=settings, app=app, pool=pool,
                         metrics=WorkerMetrics(registry), dispatcher=Dispatcher(settings.worker.notifiers, registry),
                         watch=WatchCache(watch_table, settings.worker.watchlist_refresh_s),
