@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from citystream.settings import Settings, dump_settings, load_settings
-from citystream.stack.procs import free_port
+from citystream.stack.procs import free_port, terminate
 
 Entry = dict[str, Any]
 
@@ -167,14 +166,7 @@ class Procs:
 
     def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int | None:
         """SIGTERM, wait, SIGKILL; returns the exit code."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+        return terminate(proc, timeout_s)
 
     def stop_all(self) -> None:
         """Stop every process this run started and still runs."""

@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from citystream.bench.worker_io import committed_and_ends as committed_and_ends  # one copy, shared with the bench
 from citystream.processors.app import WorkerContext, create_app
 from citystream.processors.frames_agent import VisionPool
 from citystream.processors.plates.synth import road_scene_with_plate
@@ -251,19 +252,5 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
 
 
 def all_committed(committed: dict[int, int], ends: dict[int, int]) -> bool:
-    """Whether the group committed the end of every non-empty partition (see :func:`committed_and_ends`)."""
+    """Whether the group committed the end of every non-empty partition (see ``committed_and_ends``)."""
     return {p: max(o, 0) for p, o in committed.items() if ends[p]} == {p: e for p, e in ends.items() if e}
-
-
-def committed_and_ends(settings: Settings, base_topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The worker group's committed offsets and the end offsets of one input topic, per partition."""
-    group_id = f"{settings.kafka.topic_prefix}{settings.worker.app_id}"
-    group = Consumer({**settings.kafka.client_config(), "group.id": group_id})
-    try:
-        name = settings.kafka.topic(base_topic)
-        parts = [TopicPartition(name, p) for p in group.list_topics(name, timeout=10).topics[name].partitions]
-        committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
-        ends = {tp.partition: group.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        return committed, ends
-    finally:
-        group.close()
