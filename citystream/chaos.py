@@ -17,7 +17,7 @@ the pipeline to settle, then reconciles (:mod:`citystream.reconcile`):
 The last stdout line is one JSON object: ``{"seed", "duration_s", "published", "stored", "lost",
 "view_duplicates", "faults": [{"at_s", "kind", "down_s"}], "unplanned_exits", "streams", "ok"}``
 (``published``/``stored``/``lost`` count readings + frames; ``logs`` names a copy of the processes'
-logs when a stage exited by itself, or with ``--keep``). Exit 0 only when ``ok``: nothing lost,
+logs when a stage exited by itself or the run was not ok, or with ``--keep``). Exit 0 only when ``ok``: nothing lost,
 nothing doubled, the worker caught up and the spools drained.
 """
 
@@ -259,6 +259,7 @@ def run_chaos(base: Settings, seed: int, duration_s: float, traffic: Traffic, re
     run = Run(settings, config, home, traffic, f"chaos{seed}", echo)
     faults = schedule(seed, duration_s, repeats)
     state_dir = settings.gateway.state_dir
+    clean = False  # set once the run reconciled with nothing lost, doubled or left behind
     try:
         start_pipeline(run, duration_s)
         run.started = time.monotonic()
@@ -278,13 +279,14 @@ def run_chaos(base: Settings, seed: int, duration_s: float, traffic: Traffic, re
         frames = reconcile(expected["frame"], frames_in_kafka(settings))
         duplicates = view_duplicates(settings)
         left = spool_left(state_dir, run.prefix)
+        clean = readings["lost"] + frames["lost"] == 0 and not any(duplicates.values()) and caught_up and left == 0
     finally:
         codes = {name: run.stop(name) for name in ("gateways", "worker", "bridge", "sink") if name in run.procs}
         local.down(settings)
         logs = ""
         if keep:
             logs = str(home / "logs")
-        elif any(p.unplanned_exits for p in run.procs.values()):  # keep the evidence of what went wrong
+        elif not clean or any(p.unplanned_exits for p in run.procs.values()):  # keep the evidence
             logs = tempfile.mkdtemp(prefix=f"citystream-chaos-{seed}-logs-")
             shutil.copytree(home / "logs", logs, dirs_exist_ok=True)
         if not keep:
