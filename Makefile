@@ -16,7 +16,7 @@ demo: setup
 	@if ! kill -0 "$$(cat .citystream/console.pid 2>/dev/null)" 2>/dev/null; then mkdir -p .citystream/logs; nohup $(CS) console --demo-login >> .citystream/logs/console.log 2>&1 & echo $$! > .citystream/console.pid; fi
 	$(CS) stack pipeline stop
 	$(CS) demo --duration $(DEMO_SECONDS)
-	$(CS) stack pipeline start
+	$(CS) stack pipeline start --demo-watchlist
 
 test: setup lint typecheck pytest
 

@@ -120,10 +120,12 @@ def _traffic_options(func: Any) -> Any:
 
 @stack_pipeline.command("start")
 @_traffic_options
+@click.option("--demo-watchlist", is_flag=True,
+              help="Put two plates the first simulated camera shows on the watchlist (demo data, one day).")
 @click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
 @click.pass_context
 def pipeline_start(ctx: click.Context, gateways: int, cameras: int, sensors: int, rate: float, round_s: float,
-                   duration: float, as_json: bool) -> None:
+                   duration: float, demo_watchlist: bool, as_json: bool) -> None:
     """Start what is not running; return once the sink answers queries (processes keep running)."""
     from citystream.console.demo_login import console_line
     from citystream.settings import config_path
@@ -133,14 +135,18 @@ def pipeline_start(ctx: click.Context, gateways: int, cameras: int, sensors: int
     path = config_path(ctx.find_root().params.get("config"))
     if path is None:
         fail("no settings file: run 'citystream stack up' first (it writes .citystream/citystream.yaml)", 2)
+    plan = pipeline.Traffic(gateways, cameras, sensors, rate, round_s, duration)
     try:
-        st = pipeline.start(settings, path, pipeline.Traffic(gateways, cameras, sensors, rate, round_s, duration))
+        st = pipeline.start(settings, path, plan)
     except StackError as exc:
         fail(str(exc))
+    watched = pipeline.watch_demo_plates(settings, plan) if demo_watchlist else []
     if as_json:
-        print_json(st)
+        print_json({**st, "demo_watchlist": [f"{e.registration} {e.province}" for e in watched]})
         return
     _echo_status(st)
+    if watched:
+        click.echo("on the watchlist for the demo: " + ", ".join(f"{e.registration} {e.province}" for e in watched))
     click.echo("live pipeline running; stop it (and the console and the stack): citystream stack down")
     if console_line(settings):
         click.echo(console_line(settings))

@@ -12,23 +12,33 @@ Delivery is the stages' own (see their docstrings): stopping the pipeline with S
 that a gateway had acknowledged; what a gateway had not yet sent stays in its spool for the next start.
 
 The traffic runs in rounds of ``round_s`` seconds (each round has its PM2.5 haze episode and canal
-rise, so sensor alerts come and go while someone watches) and ends after ``duration_s`` in total;
+rise, so sensor alerts are raised while someone watches) and ends after ``duration_s`` in total;
 the sink, bridge and worker then idle until stopped. Nothing here runs past ``stop``.
+
+For the demo (``start --demo-watchlist``), two plates that the first simulated camera shows are put on
+the watchlist (the compacted ``watchlists`` topic, through the watchlist code, expiring after a day), so
+watchlist hits and their alerts arrive in the console as well.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from citystream.settings import Settings
 from citystream.stack.mosquitto import StackError
 from citystream.stack.procs import Managed, free_port, log_tail
+
+if TYPE_CHECKING:
+    from citystream.processors.watchlists.watchlists import WatchlistEntry
+    from citystream.settings.gateway import SimulatedCamera
 
 STAGES = ("sink", "bridge", "worker")  # started in this order (the sink first: it owns the store)
 TRAFFIC = "traffic"
@@ -36,6 +46,7 @@ NAMES = (*STAGES, TRAFFIC)
 CONFIG_FILE = "config"  # <home>/pipeline/config: the settings file the running pipeline was started with
 TRAFFIC_COMMAND = ("stack", "pipeline", "traffic")
 PREFIX = "live"  # simulated gateway ids are live-gw-NNN
+DEMO_WATCHLIST = 2  # plates of the first simulated camera put on the watchlist by --demo-watchlist
 
 
 @dataclass(frozen=True)
@@ -143,3 +154,46 @@ def run_traffic(settings: Settings, traffic: Traffic, stop_event: threading.Even
                  rate=traffic.rate_hz, duration=min(traffic.round_s, left), prefix=PREFIX, stop=stop_event)
         rounds += 1
     return rounds
+
+
+def scenes_of(spec: SimulatedCamera) -> list[tuple[Any, str]]:
+    """The scenes a simulated camera shows with their plate labels, drawn as ``cameras.SimulatedSource`` draws them."""
+    from citystream.ingest.gateway import scenes
+
+    rng = random.Random(spec.seed or random.Random(spec.device_id).randint(0, 2**31))
+    out = []
+    for index in range(spec.scenes):
+        frame, label = scenes.road_scene(rng, spec.width, spec.height)
+        if spec.face_every and index % spec.face_every == spec.face_every - 1:
+            frame = scenes.with_face(frame, rng)
+        out.append((frame, label))
+    return out
+
+
+def first_camera(settings: Settings, traffic: Traffic) -> SimulatedCamera | None:
+    """The first simulated camera of the live traffic (as the traffic process configures it), if any."""
+    from citystream.ingest.gateway.simulator import gateway_settings
+
+    cams = gateway_settings(settings.gateway, 0, traffic.cameras, traffic.sensors, traffic.rate_hz,
+                            traffic.round_s, prefix=PREFIX).cameras
+    return cams[0] if cams else None  # type: ignore[return-value]  # the simulator makes simulated cameras
+
+
+def watch_demo_plates(settings: Settings, traffic: Traffic) -> list[WatchlistEntry]:
+    """Put plates the first simulated camera shows on the watchlist (demo data, expiring after a day)."""
+    from citystream.processors.watchlists import watchlists
+
+    camera = first_camera(settings, traffic)
+    labels = [label for _frame, label in scenes_of(camera)] if camera else []
+    now, tenant = datetime.now(UTC), settings.gateway.tenant
+    entries = []
+    for label in [lab for lab in labels if lab][:DEMO_WATCHLIST]:
+        registration, _, province = label.rpartition(" ")
+        entry = watchlists.WatchlistEntry(
+            entry_id=watchlists.plate_entry_id(tenant, registration, province), tenant=tenant, kind="plate",
+            label="demo: simulated stolen car", registration=registration, province=province,
+            reason="demo: a plate the simulated camera shows", legal_basis="demo data (simulated plates, no person)",
+            expires_at=now + timedelta(days=1), created_at=now, created_by="citystream stack pipeline")
+        watchlists.publish(settings, entry)
+        entries.append(entry)
+    return entries

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from citystream.processors.watchlists import watchlists
 from citystream.settings import Settings
+from citystream.stack.pipeline import DEMO_WATCHLIST
 from citystream.stack.procs import alive
 from tests.conftest import citystream, write_settings
 from tests.console.conftest import wait_for
@@ -34,13 +36,17 @@ def test_live_pipeline_feeds_the_store_until_stopped(settings: Settings, tmp_pat
     pids: list[int] = []
     try:
         res = citystream("stack", "pipeline", "start", "--gateways", "1", "--cameras", "1", "--sensors", "2",
-                         "--rate", "2", "--round", "20", "--duration", "300", "--json", config=config, check=False,
-                         timeout=180)
+                         "--rate", "2", "--round", "20", "--duration", "300", "--demo-watchlist", "--json",
+                         config=config, check=False, timeout=180)
         assert res.returncode == 0, res.stdout + res.stderr
         started = json.loads(res.stdout.strip().splitlines()[-1])
         assert {name: started[name]["running"] for name in ("sink", "bridge", "worker", "traffic")} == dict.fromkeys(
             ("sink", "bridge", "worker", "traffic"), True)
         pids = [started[name]["pid"] for name in ("sink", "bridge", "worker", "traffic")]
+        # the demo's watchlist entries are in the pipeline's watchlist topic, under the plates' ids
+        on_list = {json.loads(raw)["registration"] + " " + json.loads(raw)["province"]
+                   for raw in watchlists.read_all(settings).values()}
+        assert len(started["demo_watchlist"]) == DEMO_WATCHLIST and set(started["demo_watchlist"]) == on_list
         first = wait_for(lambda: (c := _counts(config))["readings"] > 0 and c, "readings in the store", 90)
         # still arriving: more readings later, and the worker's plate reads from the simulated cameras
         wait_for(lambda: (c := _counts(config))["readings"] > first["readings"] and c["plates"] > 0,
