@@ -253,7 +253,7 @@ def create_app(settings: Settings, registry: CollectorRegistry, pool: VisionPool
         app, name="watchlists", beacon=app.tables.beacon, key_type=bytes, value_type=bytes, partitions=1,
         is_global=True, standby_buffer_size=1, recovery_buffer_size=1, changelog_topic=watch_topic))
     pool = pool or VisionPool(pool_size(settings.worker.vision_processes), timeout_s=settings.worker.vision_timeout_s,
-                              detectors=detectors.build(settings.worker.detectors), nice=settings.worker.vision_nice)
+                              detectors=detectors.build(settings.worker.detectors))
     ctx = WorkerContext(settings=settings, app=app, pool=pool,
                         metrics=WorkerMetrics(registry), dispatcher=Dispatcher(settings.worker.notifiers, registry),
                         watch=WatchCache(watch_table, settings.worker.watchlist_refresh_s),

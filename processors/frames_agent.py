@@ -110,17 +110,11 @@ def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def warm_up(detectors: Sequence[Detector[Any]] | None = None, nice: int = 0) -> None:
-    """Load the detectors' models once in a new vision process (single-threaded OpenCV: one process per core).
-
-    ``nice`` is added to the process's niceness: when the cores are busy, the worker's event loop (readings,
-    alerts, commits, group heartbeats) runs before vision, so a frame backlog does not delay an alert.
-    """
+def warm_up(detectors: Sequence[Detector[Any]] | None = None) -> None:
+    """Load the detectors' models once in a new vision process (single-threaded OpenCV: one process per core)."""
     import cv2
 
     exit_with_parent(os.getppid())
-    if nice:
-        os.nice(nice)
     cv2.setNumThreads(1)
     for detector in detectors if detectors is not None else default_detectors():
         try:
@@ -172,24 +166,22 @@ class VisionPool:
     hold the frames agent (which emits in order) until the watchdog restarts the worker. Frames that
     were in flight on the killed pool are analysed again on the new one. ``detectors`` (default: plates
     and faces) are loaded when a vision process starts and run on every frame; they travel to the
-    process with each frame (they hold settings only, their models stay in the process). The processes run
-    ``nice`` steps below the worker (``worker.vision_nice``).
+    process with each frame (they hold settings only, their models stay in the process).
     """
 
     def __init__(self, processes: int, factory: Callable[[int], Executor] | None = None,
-                 timeout_s: float = 60.0, detectors: Sequence[Detector[Any]] | None = None, nice: int = 0) -> None:
+                 timeout_s: float = 60.0, detectors: Sequence[Detector[Any]] | None = None) -> None:
         self.processes = processes
         self.timeout_s = timeout_s
-        self.nice = nice
         self.detectors = list(detectors) if detectors is not None else default_detectors()
         self._factory = factory or self._spawn_pool
         self.executor = self._factory(processes)
-        log.info("vision pool", extra={"processes": processes, "timeout_s": timeout_s, "nice": nice,
+        log.info("vision pool", extra={"processes": processes, "timeout_s": timeout_s,
                                        "detectors": [f"{d.name}@{d.version}" for d in self.detectors]})
 
     def _spawn_pool(self, processes: int) -> Executor:
         return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up,
-                                   initargs=(self.detectors, self.nice))
+                                   initargs=(self.detectors,))
 
     async def run(self, jpeg: bytes, max_pixels: int, templates: NDArray[np.float32], threshold: float,
                   upsample: int, expected: tuple[int, int] | None = None, meta: FrameMeta | None = None) -> FrameResult:

@@ -117,8 +117,6 @@ class WorkerSettings(Section):
     data_dir: Path | None = Field(None, description="Faust's data directory (default: stack.home/worker/<app id>)")
     vision_processes: int = Field(0, ge=0, description="0 = one per core")
     frame_batch: int = Field(0, ge=0, description="frames in flight at most (0 = 2 x vision processes)")
-    vision_nice: int = Field(10, ge=0, le=19, description="niceness added to the vision processes, so that the "
-                             "event loop (readings, alerts, commits, heartbeats) gets the CPU first when it is scarce")
     max_partition_fetch_bytes: int = Field(256 * 1024, ge=1024, description="bytes per partition in one fetch "
                                            "(a larger record still comes whole); small, so that a frame backlog "
                                            "never makes a fetch that carries readings slow")

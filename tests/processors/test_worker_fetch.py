@@ -1,19 +1,16 @@
-"""The worker's fetch settings against head-of-line blocking: small per-partition fetches, low-priority vision.
+"""The worker's fetch settings against head-of-line blocking: small per-partition fetches.
 
 A frame larger than ``worker.max_partition_fetch_bytes`` must still be read whole (the broker returns a
-partition's first record batch whatever its size); the vision processes run ``worker.vision_nice`` steps
-below the worker. How much this shortens an alert's wait behind a frame backlog is measured by the bench
-(``alert_p99_s_frame_backlog``), not here.
+partition's first record batch whatever its size). How much the setting shortens an alert's wait behind
+a frame backlog is measured by the bench (``alert_p99_s_frame_backlog``), not here.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from citystream.processors.frames_agent import VisionPool
 from citystream.schemas.topics import ALERTS, DLQ, PLATE_READS, RAW_FRAMES, RAW_READINGS
 from citystream.schemas.wire import to_json
 from citystream.settings import Settings
@@ -63,12 +60,3 @@ def test_frames_larger_than_the_partition_fetch_limit_are_read_whole(settings: S
     finally:
         outputs.close()
 
-
-@pytest.mark.unit
-def test_vision_processes_run_below_the_worker() -> None:
-    pool = VisionPool(1, timeout_s=60, detectors=[], nice=5)
-    try:
-        child = pool.executor.submit(os.nice, 0).result(120)
-    finally:
-        pool.shutdown()
-    assert child == min(19, os.nice(0) + 5)
