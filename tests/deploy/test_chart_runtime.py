@@ -1,4 +1,4 @@
-"""The chart's settings run: bridge, worker and sink started with the ConfigMap the chart renders, as in a pod.
+"""The chart's settings run: bridge, worker, sink and console started with the ConfigMap the chart renders, as in a pod.
 
 As with the chart's ``readOnlyRootFilesystem``, each process runs in a private mount namespace
 (``unshare -m``, so root is needed) where ``/`` is read-only and only two directories are writable:
@@ -10,6 +10,7 @@ path under the volume, the worker died with a ``PermissionError`` creating a rel
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from citystream.console.auth import hash_password
 from citystream.settings import Settings, dump_settings
 from tests.conftest import free_port
 from tests.deploy.test_helm import by_kind, render
@@ -77,11 +79,18 @@ def test_the_stages_run_with_a_read_only_root_and_only_the_volumes_writable(sett
         data.mkdir()
         tmp.mkdir()
         config.write_text(yaml.safe_dump(_pod_settings(settings, data)))
-        for stage in ("bridge", "worker", "sink"):
+        for stage in ("bridge", "worker", "sink", "console"):
             port = free_port()
             env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "TMPDIR": str(tmp),
                    "PYTHONDONTWRITEBYTECODE": "1", "CITYSTREAM_METRICS__PORT": str(port),
-                   "CITYSTREAM_METRICS__HOST": "127.0.0.1", IDENTITY[stage]: f"cs-{stage}-0"}
+                   "CITYSTREAM_METRICS__HOST": "127.0.0.1"}
+            if stage == "console":  # its own port and logins (the Secret's keys in the chart), no metrics port
+                env.update(CITYSTREAM_CONSOLE__HOST="127.0.0.1", CITYSTREAM_CONSOLE__PORT=str(port),
+                           CITYSTREAM_CONSOLE__USERS=json.dumps({"op": {"role": "operator",
+                                                                          "password_hash": hash_password("pw")}}),
+                           CITYSTREAM_CONSOLE__SESSION_SECRET="test-session-secret")
+            else:
+                env[IDENTITY[stage]] = f"cs-{stage}-0"
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh", str(data),
                     str(tmp), sys.executable, "-m", "citystream", "--config", str(config), stage]
             with open(tmp_path / f"{stage}.log", "wb") as log:  # the child keeps its own descriptor
@@ -93,8 +102,8 @@ def test_the_stages_run_with_a_read_only_root_and_only_the_volumes_writable(sett
             for stage in sorted(waiting):
                 proc, port = procs[stage]
                 assert proc.poll() is None, f"{stage} exited: {(tmp_path / f'{stage}.log').read_text()[-12000:]}"
-                if _status(f"http://127.0.0.1:{port}/healthz") == 200 and \
-                        _status(f"http://127.0.0.1:{port}/readyz") == 200:
+                if _status(f"http://127.0.0.1:{port}/healthz") == 200 and (
+                        stage == "console" or _status(f"http://127.0.0.1:{port}/readyz") == 200):
                     waiting.discard(stage)
             time.sleep(1)
         logs = {s: (tmp_path / f"{s}.log").read_text()[-2000:] for s in waiting}
@@ -110,7 +119,7 @@ def test_the_stages_run_with_a_read_only_root_and_only_the_volumes_writable(sett
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes[stage] = proc.wait()
-    assert codes == {"bridge": 0, "worker": 0, "sink": 0}, {
+    assert codes == {"bridge": 0, "worker": 0, "sink": 0, "console": 0}, {
         s: (tmp_path / f"{s}.log").read_text()[-2000:] for s, c in codes.items() if c != 0}
     assert list(cwd.iterdir()) == []
     assert (data / "worker").is_dir() and (data / "clickhouse").is_dir()
