@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from citystream.console import auth
+from citystream.console import auth, demo_login
 from citystream.console.feed import Feed
 from citystream.console.live import present
 from citystream.console.sensors import chart
@@ -191,3 +193,15 @@ def test_on_tls_the_session_cookie_is_secure() -> None:
                           follow_redirects=False)
     cookie = res.headers["set-cookie"].lower()
     assert res.status_code == 303 and "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+
+
+def test_the_demo_console_line_names_the_url_the_login_and_how_to_stop_everything(tmp_path: Path) -> None:
+    settings = load_settings(None, {"stack.home": str(tmp_path)})
+    assert demo_login.console_line(settings) == ""  # no demo console running
+    password = demo_login.demo_password(settings)
+    assert demo_login.demo_password(settings) == password  # once per stack home
+    assert (tmp_path / demo_login.FILE).stat().st_mode & 0o777 == 0o600
+    (tmp_path / demo_login.PID_FILE).write_text(str(os.getpid()))  # a running process
+    assert demo_login.console_line(settings) == (
+        f"console: http://127.0.0.1:8088/  login: demo / {password}  "
+        "(stop it, the live pipeline and the stack: citystream stack down)")
