@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent machine setup for citystream's local stack and tests; each step skips what is there.
-#   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts (TLWG for training, Noto and Arundina held
+#   1. Debian packages (Mosquitto, Tesseract + Thai data, Thai fonts (TLWG and FreeSerif for training, Noto and Arundina held
 #      out for the plate evaluation renderer), Java 17, Maven, Prometheus for promtool,
 #      Chromium for the console's browser tests: Playwright drives /usr/bin/chromium, it downloads no browser)
 #   2. .venv with citystream installed editable (+ dev tools); redone when pyproject.toml changes
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 APT_PACKAGES="mosquitto mosquitto-clients tesseract-ocr tesseract-ocr-tha tesseract-ocr-eng fonts-thai-tlwg
- fonts-noto-core fonts-arundina libgl1 libglib2.0-0 openjdk-17-jre-headless maven prometheus chromium"
+ fonts-freefont-ttf fonts-noto-core fonts-arundina libgl1 libglib2.0-0 openjdk-17-jre-headless maven prometheus chromium"
 PYTHON="${PYTHON:-python3}"
 
 missing=""

@@ -2,14 +2,15 @@
 
 ``read [--json] [--tenant T] IMAGE...`` prints one line per plate found. With ``--json`` each line is
 a JSON object with keys ``image``, ``registration``, ``province``, ``confidence``, ``bbox``
-(``[x, y, w, h]``) and ``pseudonym`` (keyed HMAC-SHA256 with the tenant's
+(``[x, y, w, h]``), ``alternatives`` (the top-3 registrations, the read one first, each with its score)
+and ``pseudonym`` (keyed HMAC-SHA256 with the tenant's
 ``worker.pseudonym_keys`` entry, or the ``*`` entry; ``null`` when neither is configured).
 A file that is missing, not an image, corrupt or too large is reported on stderr (one line naming
 the file and the reason); the other images are still read and the command exits 1 at the end.
 
 ``eval`` measures accuracy, not-found rate, character confusions and speed on freshly generated
-synthetic road scenes from the evaluation-only renderer (``--renderer eval``, the default) or the
-training renderer (``--renderer train``); ``train``
+synthetic road scenes from the evaluation-only renderer (``--renderer eval``, the default), the
+simulator's renderer (``--renderer train``) or the wide training renderer (``--renderer wide``); ``train``
 regenerates the shipped classifier files (see :mod:`citystream.processors.plates.train`).
 
 While they work, ``read`` (a bar over the images), ``eval`` and ``train`` (elapsed time) show progress
@@ -73,7 +74,8 @@ def format_result(image: str, result: PlateResult, as_json: bool, key: bytes | N
     alias = pseudonym(result.registration, result.province, key) if key is not None else None
     if as_json:
         record = {"image": image, "registration": result.registration, "province": result.province,
-                  "confidence": result.confidence, "bbox": list(result.bbox), "pseudonym": alias}
+                  "confidence": result.confidence, "bbox": list(result.bbox), "pseudonym": alias,
+                  "alternatives": [[text, score] for text, score in result.alternatives]}
         return json.dumps(record, ensure_ascii=False)
     x, y, w, h = result.bbox
     return f"{image}\t{result.registration}\t{result.province}\t{result.confidence:.2f}\t{x},{y},{w},{h}"
@@ -156,8 +158,9 @@ def read_command(ctx: click.Context, images: tuple[str, ...], as_json: bool, ten
 @click.option("--seed", type=int, default=20261126, show_default=True, help="Scene seed (keep it unseen in training).")
 @click.option("--width", type=click.IntRange(64), default=1280, show_default=True)
 @click.option("--height", type=click.IntRange(64), default=720, show_default=True)
-@click.option("--renderer", type=click.Choice(["train", "eval"]), default="eval", show_default=True,
-              help="Scene generator: 'eval' (held-out fonts, styles and cameras, never trained on) or 'train'.")
+@click.option("--renderer", type=click.Choice(["train", "wide", "eval"]), default="eval", show_default=True,
+              help="Scene generator: 'eval' (held-out fonts, styles and cameras, never trained on), 'train' "
+                   "(the simulator's) or 'wide' (the wide training renderer, for validation seeds).")
 @click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Read with the .npz classifiers in this folder (e.g. a fresh `plates train --out-dir`).")
 def eval_command(scenes: int, seed: int, width: int, height: int, renderer: str, model_dir: Path | None) -> None:
@@ -193,12 +196,13 @@ def _reader_from(model_dir: Path) -> PlateReader:
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the .npz files (default: the package's processors/plates/models).")
+@click.option("--wide", is_flag=True, help="Three images in four from the wide training renderer (synth_wide).")
 def train_command(scenes: int, patches: int, seed: int, epochs: int, hidden: int, workers: int,
-                  out_dir: Path | None) -> None:
+                  out_dir: Path | None, wide: bool) -> None:
     """Regenerate the shipped classifiers (processors/plates/models/*.npz) from synthetic plates."""
     from citystream.processors.plates.classify import MODEL_PATH
     from citystream.processors.plates.train import train
 
     with progress("harvesting samples and training both classifiers"):
-        paths = train(scenes, patches, seed, epochs, hidden, workers, out_dir or MODEL_PATH.parent)
+        paths = train(scenes, patches, seed, epochs, hidden, workers, out_dir or MODEL_PATH.parent, wide=wide)
     click.echo(f"wrote {paths[0]} and {paths[1]}")

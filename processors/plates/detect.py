@@ -166,6 +166,14 @@ def find_candidates(gray: GrayImage, *, use_cascade: bool = False) -> list[Quad]
     return [q * back for q in _dedupe(quads, MAX_CANDIDATES)]
 
 
+def second_pass_candidates(gray: GrayImage) -> list[Quad]:
+    """Candidates the first pass does not make: text blocks and OpenCV's plate cascade (full-resolution quads)."""
+    if gray.ndim != 2 or min(gray.shape) < 16:
+        return []
+    small, back = working_image(gray)
+    return [q * back for q in _dedupe(text_candidates(small) + cascade_candidates(small), MAX_CANDIDATES)]
+
+
 def grow(quad: Quad, along: float, across: float) -> Quad:
     """Scale ``quad`` about its centre by ``along`` its top edge's direction and ``across`` it."""
     tl, tr, br, bl = quad

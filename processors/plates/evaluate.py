@@ -1,15 +1,17 @@
 """Accuracy and speed of the plate reader on freshly generated, labelled synthetic road scenes.
 
 :func:`evaluate` is what the test suite and the benchmark (``citystream plates eval``, ``bench/``)
-call. Two renderers make the scenes: ``train`` (:mod:`synth`, the generator the classifiers are
-trained on) and ``eval`` (:mod:`eval_scenes`: held-out fonts, other plate styles, scenes and
-cameras, used only here). Pass a seed that was not used for training or tuning (training uses
+call. Three renderers make the scenes: ``train`` (:mod:`synth`, the traffic simulator's generator),
+``wide`` (:mod:`synth_wide`, the wide training renderer: validate on it with fresh seeds) and ``eval``
+(:mod:`eval_scenes`: held-out fonts, other plate styles, scenes and cameras, used only here).
+Pass a seed that was not used for training or tuning (training uses
 ``seed * 1000 + i`` chunks of :mod:`train`'s ``--seed``, 7 for the shipped models, i.e. 7000-7019).
 
 Besides the exact rate, the report counts scenes where the plate was **not found** (no reading whose
 box overlaps the plate's by IoU >= ``FOUND_IOU``) and the **character confusions** of wrong
 registrations (the reading on the plate aligned to the truth by edit distance; ``""`` marks a dropped
-or an extra character), with accuracy per plate style and per scene condition, and ``calibration``: for
+or an extra character), with accuracy per plate style and per scene condition, ``top3_registration_accuracy`` (the true
+registration is among the reading's top-3 alternatives), and ``calibration``: for
 the reading on the plate, per confidence decile, how many reads and how many were right (registration
 and province) — measured only, nothing is fitted to it.
 
@@ -33,7 +35,7 @@ from numpy.typing import NDArray
 from citystream.processors.plates.plates import Bbox, PlateReader, PlateResult, read_plates
 from citystream.processors.plates.synth import road_scene_with_plate
 
-RENDERERS = ("train", "eval")
+RENDERERS = ("train", "wide", "eval")
 FOUND_IOU = 0.3
 TOP_CONFUSIONS = 15
 CONFIDENCE_BINS = 10
@@ -47,6 +49,15 @@ def _train_scene(rng: random.Random, width: int, height: int) -> tuple[NDArray[n
                    (f"font:{label.font}",))
 
 
+def _wide_scene(rng: random.Random, width: int, height: int) -> tuple[NDArray[np.uint8], Truth]:
+    from citystream.processors.plates.synth_wide import wide_scene
+
+    frame, label = wide_scene(rng, width, height)
+    plate = label.plate
+    return frame, (plate.registration, plate.province, plate.bbox, label.style,
+                   (*label.conditions, f"font:{plate.font}"))
+
+
 def _eval_scene(rng: random.Random, width: int, height: int) -> tuple[NDArray[np.uint8], Truth]:
     from citystream.processors.plates.eval_scenes import eval_scene
 
@@ -57,7 +68,7 @@ def _eval_scene(rng: random.Random, width: int, height: int) -> tuple[NDArray[np
 
 def scene_maker(renderer: str) -> SceneMaker:
     """The scene generator of a renderer name (``train`` or ``eval``)."""
-    makers: dict[str, SceneMaker] = {"train": _train_scene, "eval": _eval_scene}
+    makers: dict[str, SceneMaker] = {"train": _train_scene, "wide": _wide_scene, "eval": _eval_scene}
     if renderer not in makers:
         raise ValueError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
     return makers[renderer]
@@ -119,6 +130,7 @@ class _Tally:
 
     def __init__(self) -> None:
         self.not_found = 0
+        self.top3 = 0  # scenes whose registration is among the top-3 alternatives of the reading on the plate
         self.chars: Counter[tuple[str, str]] = Counter()
         self.provinces: Counter[tuple[str, str]] = Counter()
         self.groups: dict[str, list[int]] = {}
@@ -135,6 +147,7 @@ class _Tally:
         if reading is None:
             self.not_found += 1
             return
+        self.top3 += registration in (text for text, _ in reading.alternatives)
         seen = self.bins[min(int(reading.confidence * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)]
         seen[0] += 1
         seen[1] += reading.registration == registration and reading.province == province
@@ -147,6 +160,7 @@ class _Tally:
         return {
             "not_found": self.not_found,
             "not_found_rate": self.not_found / n if n else 0.0,
+            "top3_registration_accuracy": self.top3 / n if n else 0.0,
             "char_confusions": [[t, r, c] for (t, r), c in self.chars.most_common(TOP_CONFUSIONS)],
             "province_confusions": [[t, r, c] for (t, r), c in self.provinces.most_common(TOP_CONFUSIONS)],
             "calibration": [{"confidence": [i / CONFIDENCE_BINS, (i + 1) / CONFIDENCE_BINS], "reads": b[0],

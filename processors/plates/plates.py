@@ -61,7 +61,9 @@ SEGMENT_VARIANTS = ((25, 0.0), (41, -8.0), (17, 8.0))
 GOOD_ENOUGH = 0.9  # stop trying binarisations once a reading is this confident
 MIN_REGISTRATION_CONFIDENCE = 0.35
 MIN_PROVINCE_CONFIDENCE = 0.15
+SECOND_PASS_BELOW = 0.6  # no first-pass reading this confident: also read the text-block and cascade candidates
 MIN_PLATE_CONFIDENCE = 0.2  # registration x province; below it, readings are almost all background texture
+SURE_REGISTRATION = 0.8  # a registration read this confidently is a plate even when its province is unsure
 CLIPPED_PENALTY = 0.5  # a glyph cut by the crop's side: a wider candidate of the same plate should win
 SAME_PLATE_IOU = 0.3  # candidates overlapping this much are the same plate
 GROW_CLIPPED = (1.2, 1.12)  # how much wider and taller the retry of a clipped candidate is
@@ -82,6 +84,7 @@ class PlateResult:
     province: str
     confidence: float
     bbox: Bbox
+    alternatives: tuple[tuple[str, float], ...] = ()  # top-3 registrations (the read one first), each with its score
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class _Reading:
     segmentations: tuple[Segmentation, ...]  # every binarisation that segmented, the one read first
     quad: plate_detect.Quad
     clipped: bool  # some binarisation shows a glyph cut by the crop's side
+    alternatives: tuple[tuple[str, float], ...] = ()
 
 
 def pseudonym(registration: str, province: str, key: bytes) -> str:
@@ -105,10 +109,29 @@ def _positions(n: int, split: int) -> list[str]:
     return head + ["first"] + ["digit"] * (n - split - 1)
 
 
-def _decode_cut(probs: list[NDArray[np.float64]], split: int) -> tuple[str, float] | None:
-    """Best format-valid registration for one cut's glyph probabilities and its confidence."""
+Decoded = tuple[str, float, tuple[tuple[str, float], ...]]  # registration, confidence, top-3 with scores
+
+
+def _top3(chosen: list[NDArray[np.float64]], picks: list[int], head: int, scale: float) -> list[tuple[str, float]]:
+    """The three most probable format-valid strings of one cut: the best one and every single-glyph swap
+    to a position's 2nd or 3rd choice (a double swap always scores below two single swaps, so this is exact);
+    scores are the product of the glyph probabilities times ``scale``."""
+    p = [row[k] for row, k in zip(chosen, picks, strict=True)]
+    base = float(np.prod(p))
+    options = [(picks, base)]
+    for i, row in enumerate(chosen):
+        for k in np.argsort(-row)[1:3]:
+            if row[k] > 0:
+                options.append(([*picks[:i], int(k), *picks[i + 1:]], base / max(p[i], 1e-12) * float(row[k])))
+    best = sorted(options, key=lambda o: -o[1])[:3]
+    return [(f"{''.join(CLASSES[k] for k in ks[:head])} {''.join(CLASSES[k] for k in ks[head:])}", float(score * scale))
+            for ks, score in best]
+
+
+def _decode_cut(probs: list[NDArray[np.float64]], split: int) -> Decoded | None:
+    """Best format-valid registration for one cut's glyph probabilities, its confidence and the top 3."""
     n = len(probs)
-    best: tuple[str, float] | None = None
+    best: Decoded | None = None
     for head in (split, 5 - split):
         if not 1 <= n - head <= 4:
             continue
@@ -117,42 +140,51 @@ def _decode_cut(probs: list[NDArray[np.float64]], split: int) -> tuple[str, floa
         p = np.array([row[k] for row, k in zip(chosen, picks, strict=True)], np.float64)
         text = "".join(CLASSES[k] for k in picks)
         confidence = 0.5 * (float(np.exp(np.log(np.maximum(p, 1e-9)).mean())) + float(p.min()))
-        if head != split:
-            confidence *= 0.8
+        scale = 1.0 if head == split else 0.8
+        confidence *= scale
         if best is None or confidence > best[1]:
-            best = (f"{text[:head]} {text[head:]}", confidence)
+            best = (f"{text[:head]} {text[head:]}", confidence, tuple(_top3(chosen, picks, head, scale)))
     return best
 
 
-def decode(seg: Segmentation, model: Mlp) -> tuple[str, float] | None:
-    """Return the best format-valid registration over a segmentation's cuts and its confidence
-    (the first cut, the connected components as they are, wins a tie)."""
+def decode(seg: Segmentation, model: Mlp) -> Decoded | None:
+    """Return the best format-valid registration over a segmentation's cuts, its confidence and the top 3
+    registrations (the first cut, the connected components as they are, wins a tie)."""
     boxes = sorted({box for glyphs, _ in seg.cuts for box in glyphs})
     features = np.stack([glyph_features(seg.ink, b, seg.line_top, seg.line_bottom) for b in boxes])
     probs = dict(zip(boxes, np.exp(model.log_probs(features)).astype(np.float64), strict=True))
-    best: tuple[str, float] | None = None
+    best: Decoded | None = None
+    others: dict[str, float] = {}
     for glyphs, split in seg.cuts:
         decoded = _decode_cut([probs[b] for b in glyphs], split)
-        if decoded is not None and (best is None or decoded[1] > best[1]):
+        if decoded is None:
+            continue
+        for text, score in decoded[2]:
+            others[text] = max(score, others.get(text, 0.0))
+        if best is None or decoded[1] > best[1]:
             best = decoded
-    return best
+    if best is None:
+        return None
+    ranked = sorted(((t, s) for t, s in others.items() if t != best[0]), key=lambda o: -o[1])
+    return best[0], best[1], ((best[0], others.get(best[0], best[1])), *ranked[:2])
 
 
 def read_registration(plate: NDArray[np.uint8], quad: plate_detect.Quad, model: Mlp) -> _Reading | None:
     """Read the registration of one rectified plate, trying several binarisations."""
     segs = [seg for block, offset in SEGMENT_VARIANTS if (seg := segment(plate, block=block, offset=offset))]
-    best: tuple[str, float, int] | None = None
+    best: tuple[Decoded, int] | None = None
     for index, seg in enumerate(segs):
         decoded = decode(seg, model)
-        if decoded is not None and (best is None or decoded[1] > best[1]):
-            best = (decoded[0], decoded[1], index)
-        if best is not None and best[1] >= GOOD_ENOUGH:
+        if decoded is not None and (best is None or decoded[1] > best[0][1]):
+            best = (decoded, index)
+        if best is not None and best[0][1] >= GOOD_ENOUGH:
             break
     if best is None:
         return None
-    order = (segs[best[2]], *segs[:best[2]], *segs[best[2] + 1:])
+    (text, confidence, alternatives), index = best
+    order = (segs[index], *segs[:index], *segs[index + 1:])
     clipped = any(seg.clipped for seg in segs)
-    return _Reading(best[0], best[1] * (CLIPPED_PENALTY if clipped else 1.0), order, quad, clipped)
+    return _Reading(text, confidence * (CLIPPED_PENALTY if clipped else 1.0), order, quad, clipped, alternatives)
 
 
 def _crop_rank(reading: _Reading) -> tuple[bool, bool, int, float]:
@@ -202,7 +234,11 @@ class PlateReader:
         of its border as a ``1``. So among readings nearly as confident as the best, :func:`_crop_rank`
         prefers clear margins, then more characters, then confidence.
         """
-        readings = sorted((r for q in quads if (r := self._read_quad(gray, q))), key=lambda r: -r.confidence)
+        return self._group([r for q in quads if (r := self._read_quad(gray, q))])
+
+    def _group(self, found: list[_Reading]) -> list[tuple[_Reading, list[Segmentation]]]:
+        """Group readings of overlapping candidates into plates; see :meth:`_registrations`."""
+        readings = sorted(found, key=lambda r: -r.confidence)
         plates: list[list[_Reading]] = []
         for reading in readings:
             same = [p for p in plates if plate_detect.box_iou(reading.quad, p[0].quad) >= SAME_PLATE_IOU]
@@ -227,19 +263,20 @@ class PlateReader:
         if min(bgr.shape[:2]) < 24:
             return []
         gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, _TO_GRAY[bgr.shape[2]])
-        readings = self._registrations(gray, plate_detect.find_candidates(gray))
-        if not readings:
-            readings = self._registrations(gray, plate_detect.find_candidates(gray, use_cascade=True))
+        found = [r for q in plate_detect.find_candidates(gray) if (r := self._read_quad(gray, q))]
+        if not any(r.confidence >= SECOND_PASS_BELOW for r in found):
+            found += [r for q in plate_detect.second_pass_candidates(gray) if (r := self._read_quad(gray, q))]
+        readings = self._group(found)
         results: list[PlateResult] = []
         for reading, segmentations in readings:
             province = read_province(segmentations, self.province_model, self.tessdata)
-            if province.confidence < MIN_PROVINCE_CONFIDENCE:
-                continue
             confidence = reading.confidence * province.confidence
-            if confidence < MIN_PLATE_CONFIDENCE:
+            sure = reading.confidence >= SURE_REGISTRATION
+            if not sure and (province.confidence < MIN_PROVINCE_CONFIDENCE or confidence < MIN_PLATE_CONFIDENCE):
                 continue
+            alternatives = tuple((text, round(score, 4)) for text, score in reading.alternatives)
             results.append(PlateResult(reading.registration, province.name, round(confidence, 4),
-                                       _bbox(reading.quad, gray.shape[1], gray.shape[0])))
+                                       _bbox(reading.quad, gray.shape[1], gray.shape[0]), alternatives))
         return sorted(results, key=lambda r: -r.confidence)
 
 

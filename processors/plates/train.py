@@ -40,6 +40,7 @@ from citystream.processors.plates.province import PROVINCE_MODEL_PATH, province_
 from citystream.processors.plates.provinces import PROVINCES
 from citystream.processors.plates.segment import segment
 from citystream.processors.plates.synth import BgrImage, PlateLabel, plate_patch, road_scene_with_plate
+from citystream.processors.plates.synth_wide import wide_patch, wide_scene
 
 Labels = NDArray[np.int64]
 CHUNKS = 20
@@ -47,6 +48,7 @@ QUADS_PER_IMAGE = 2
 MIN_IOU = 0.5
 TINY = 1e-30
 PATCH_GLYPH_EVERY = 4  # glyphs are plentiful: take them from every 4th patch only (memory, training time)
+WIDE_EVERY = 4  # with --wide, one image in four still comes from the simulator's renderer
 
 
 @dataclass
@@ -99,12 +101,31 @@ def _harvest_image(frame: BgrImage, label: PlateLabel, group: int, chars: Sample
                 chars.add(glyph_features(seg.ink, box, seg.line_top, seg.line_bottom), CLASSES.index(char), group)
 
 
-def harvest(seed: int, scenes: int, patches: int = 0) -> Harvest:
-    """Return ((glyph features, char labels, groups), (word features, province labels, groups))."""
+def _wide_scene(rng: random.Random) -> tuple[BgrImage, PlateLabel]:
+    frame, label = wide_scene(rng)
+    return frame, label.plate
+
+
+def _wide_patch(rng: random.Random) -> tuple[BgrImage, PlateLabel]:
+    frame, label = wide_patch(rng)
+    return frame, label.plate
+
+
+def harvest(seed: int, scenes: int, patches: int = 0, wide: bool = False) -> Harvest:
+    """Return ((glyph features, char labels, groups), (word features, province labels, groups)).
+
+    ``wide``: of every ``WIDE_EVERY`` images, all but the first come from the wide renderer
+    (:mod:`synth_wide`), the first from the simulator's (:mod:`synth`).
+    """
     rng = random.Random(seed)
     chars, words = Samples(), Samples()
-    makers: list[Callable[[random.Random], tuple[BgrImage, PlateLabel]]] = [road_scene_with_plate] * scenes
-    makers += [plate_patch] * patches
+    Maker = Callable[[random.Random], tuple[BgrImage, PlateLabel]]
+
+    def pick(index: int, plain: Maker, widened: Maker) -> Maker:
+        return widened if wide and index % WIDE_EVERY else plain
+
+    makers = [pick(i, road_scene_with_plate, _wide_scene) for i in range(scenes)]
+    makers += [pick(i, plate_patch, _wide_patch) for i in range(patches)]
     for index, make in enumerate(makers):
         frame, label = make(rng)
         glyphs = chars if index < scenes or index % PATCH_GLYPH_EVERY == 0 else None
@@ -121,7 +142,7 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=cv2.setNumThreads, initargs=(1,))
 
 
-def harvest_parallel(seed: int, scenes: int, patches: int, workers: int) -> Harvest:
+def harvest_parallel(seed: int, scenes: int, patches: int, workers: int, wide: bool = False) -> Harvest:
     """Harvest in ``workers`` processes over ``CHUNKS`` chunks seeded ``seed * 1000 + i``; order is fixed."""
 
     def split(total: int) -> list[int]:
@@ -129,7 +150,7 @@ def harvest_parallel(seed: int, scenes: int, patches: int, workers: int) -> Harv
 
     seeds = [seed * 1000 + i for i in range(CHUNKS)]
     with _spawn_pool(workers) as pool:
-        parts = list(pool.map(harvest, seeds, split(scenes), split(patches)))
+        parts = list(pool.map(harvest, seeds, split(scenes), split(patches), [wide] * CHUNKS))
 
     def join(kind: int) -> tuple[Floats, Labels, Labels]:
         x, y, g = (np.concatenate([p[kind][i] for p in parts if len(p[kind][1])]) for i in range(3))
@@ -138,16 +159,17 @@ def harvest_parallel(seed: int, scenes: int, patches: int, workers: int) -> Harv
     return join(0), join(1)
 
 
-def cached_harvest(cache: Path | None, seed: int, scenes: int, patches: int, workers: int) -> Harvest:
+def cached_harvest(cache: Path | None, seed: int, scenes: int, patches: int, workers: int,
+                   wide: bool = False) -> Harvest:
     """:func:`harvest_parallel`, read from / written to ``cache`` (an .npz) when one is given."""
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
-            if tuple(data["args"].tolist()) == (seed, scenes, patches):
+            if tuple(data["args"].tolist()) == (seed, scenes, patches, int(wide)):
                 return ((data["cx"], data["cy"], data["cg"]), (data["wx"], data["wy"], data["wg"]))
-    chars, words = harvest_parallel(seed, scenes, patches, workers)
+    chars, words = harvest_parallel(seed, scenes, patches, workers, wide)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, args=np.array([seed, scenes, patches]), cx=chars[0], cy=chars[1], cg=chars[2],
+        np.savez(cache, args=np.array([seed, scenes, patches, int(wide)]), cx=chars[0], cy=chars[1], cg=chars[2],
                  wx=words[0], wy=words[1], wg=words[2])
     return chars, words
 
@@ -216,9 +238,10 @@ def _fit_and_save(name: str, data: tuple[Floats, Labels, Labels], classes: tuple
 
 
 def train(scenes: int = 3000, patches: int = 16000, seed: int = 7, epochs: int = 30, hidden: int = 192,
-          workers: int = 2, out_dir: Path = MODEL_PATH.parent, cache: Path | None = None) -> tuple[Path, Path]:
+          workers: int = 2, out_dir: Path = MODEL_PATH.parent, cache: Path | None = None,
+          wide: bool = False) -> tuple[Path, Path]:
     """Harvest samples, train both classifiers (in parallel) and write their model files; returns the paths."""
-    chars, words = cached_harvest(cache, seed, scenes, patches, workers)
+    chars, words = cached_harvest(cache, seed, scenes, patches, workers, wide)
     print(f"harvested {len(chars[1])} glyphs and {len(words[1])} province words", flush=True)
     char_path, province_path = out_dir / MODEL_PATH.name, out_dir / PROVINCE_MODEL_PATH.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=MODEL_PATH.parent)
     parser.add_argument("--cache", type=Path, default=None, help="keep harvested samples in this .npz")
+    parser.add_argument("--wide", action="store_true", help="three images in four from the wide renderer")
     args = parser.parse_args(argv)
     paths = train(args.scenes, args.patches, args.seed, args.epochs, args.hidden, args.workers, args.out_dir,
-                  args.cache)
+                  args.cache, args.wide)
     print(f"wrote {paths[0]} and {paths[1]}")
 
 

@@ -160,7 +160,12 @@ def test_cli_prints_one_json_line_per_plate_and_reports_each_bad_file(tmp_path: 
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 1
     record = lines[0]
-    assert set(record) == {"image", "registration", "province", "confidence", "bbox", "pseudonym"}
+    assert set(record) == {"image", "registration", "province", "confidence", "bbox", "pseudonym", "alternatives"}
+    assert 1 <= len(record["alternatives"]) <= 3 and record["alternatives"][0][0] == record["registration"]
+    assert all(is_registration(text) for text, _ in record["alternatives"])
+    assert len({text for text, _ in record["alternatives"]}) == len(record["alternatives"])
+    assert [s for _, s in record["alternatives"][1:]] == sorted((s for _, s in record["alternatives"][1:]),
+                                                                 reverse=True)
     assert record["image"] == str(good)
     assert (record["registration"], record["province"]) == (label.registration, label.province)
     assert record["pseudonym"] == pseudonym(label.registration, label.province, b"tenant-key")
