@@ -35,7 +35,7 @@ pytest:
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # One image per role (Dockerfile targets), tagged citystream-<role>:<version>; needs a Docker engine.
-IMAGE_ROLES := gateway simulator bridge worker sink
+IMAGE_ROLES := gateway simulator bridge worker sink console
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_PREFIX ?= citystream
 images:
