@@ -10,10 +10,10 @@ Delivery guarantee (effectively exactly once in the analyst views):
    them against the contract's canonical JSON form and parses the ones that pass
    (:class:`citystream.sinks.fast.BulkJson`, no Python per record); any record it does not pass takes
    the full contract path, which alone decides poison records and their DLQ reasons.
-2. Flush: the window's offset ranges go to ``_sink_windows`` (write-ahead), then the window is handed
-   to the inserter thread while the next one fills (one window in flight at most: the consumer waits
-   when the store is slower). There each table block goes in with an
-   ``insert_deduplication_token`` derived from table + ranges. Back on the consumer's thread, refused
+2. Flush: once the window before it is committed, the window is handed to the inserter thread while
+   the next one fills (one window in flight at most: the consumer waits when the store is slower).
+   There its offset ranges go to ``_sink_windows`` first (write-ahead), then each table block goes in
+   with an ``insert_deduplication_token`` derived from table + ranges. Back on the consumer's thread, refused
    rows and records failing their contract are produced to the DLQ (stage ``sink``) and delivery is
    confirmed, and only then are the window's offsets committed (synchronously; a failed commit is
    retried, then counted and logged: the rows are stored, so a later commit covers them or a re-read is
@@ -270,26 +270,34 @@ class Sink:
         self._complete()
 
     def _hand_off(self) -> None:
-        """Finish the window in flight, then start inserting the open one in the background.
+        """Start inserting the open window in the background once the window in flight is committed.
 
         At most one window is being inserted while the next one fills (a bounded hand-off): the
-        consumer waits here when the store is slower. Its offsets are committed by :meth:`_complete`.
+        consumer waits here when the store is slower. The open window's Arrow files are written before
+        that wait, while the store still works on the window in flight. Its write-ahead log entry and
+        its inserts follow on the inserter thread, after the window before it is committed, so at most
+        one logged window is uncommitted (what :mod:`~citystream.sinks.replay` rebuilds). Its offsets
+        are committed by :meth:`_complete`.
         """
-        self._complete()
         window = self.window
         if window.is_empty() or self.writer is None:
+            self._complete()
             return
         self.window = Window(self.clock)
         self.metrics.pending.set(0)
-        # Python work here, on the consumer's thread (it would wait for the inserter anyway); the inserter
-        # thread then spends its time in the store, without the GIL.
-        self.writer.log_window(self.settings.sink.group_id, window)
+        # Python work here, on the consumer's thread, while the inserter thread is in the store without the GIL.
         self.writer.prepare(window)
+        try:
+            self._complete()
+        except BaseException:
+            self.writer.discard(window)
+            raise
         self.in_flight = (window, self.inserter.submit(self._insert, window))
 
     def _insert(self, window: Window) -> list[PoisonRow]:
-        """Insert a logged window (the inserter thread)."""
+        """Log a window ahead of its inserts, then insert it (the inserter thread)."""
         assert self.writer is not None
+        self.writer.log_window(self.settings.sink.group_id, window)
         return self.writer.insert_window(window, int(time.time() * 1000), self._per_record, observe=False)
 
     def _complete(self) -> None:

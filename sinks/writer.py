@@ -237,6 +237,13 @@ class Writer:
                 fd, raw.path = tempfile.mkstemp(prefix="citystream-sink-", suffix=".arrow")
                 _write_arrow(fd, raw.block)
 
+    def discard(self, window: Window) -> None:
+        """Remove the Arrow files :meth:`prepare` wrote for a window that will not be inserted."""
+        for raw in window.raw.values():
+            if raw.path is not None:
+                os.unlink(raw.path)
+                raw.path = None
+
     def _insert_raw(self, window: Window, raw: RawRows, ingested_at_ms: int, fallback: Fallback) -> None:
         """Insert the block's records parsed by the store; records that do not pass go to ``fallback``.
 
