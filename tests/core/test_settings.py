@@ -84,9 +84,10 @@ def test_dumped_settings_reveal_secrets_inside_dicts_and_lists(tmp_path: Path) -
     from citystream.stack import local
 
     settings = local.local_settings(Settings.model_validate({"stack": {"home": str(tmp_path / "home")}}))
-    key = local.credentials(settings.stack.home)["pseudonym"]
-    dumped = dump_settings(settings, exclude_defaults=True)
-    assert dumped["worker"]["pseudonym_keys"] == {"*": key}
+    creds = local.credentials(settings.stack.home)
+    key = creds["pseudonym"]
+    dumped = dump_settings(settings, exclude_defaults=True)  # "*" and the gateway tenant's own key
+    assert dumped["worker"]["pseudonym_keys"] == {"*": key, "nakhon-rangsit": creds["pseudonym:nakhon-rangsit"]}
     assert "*****" not in yaml.safe_dump(dumped)
     assert len(key) >= 32 and key != local.credentials(tmp_path / "other")["pseudonym"], "a random key per install"
 

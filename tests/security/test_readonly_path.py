@@ -129,11 +129,16 @@ ALLOWED = [
 ]
 
 
+@pytest.fixture(scope="module")
+def admin(chdb_dsn: str) -> Any:
+    """One writable client for the module (every chDB client keeps a descriptor open)."""
+    return clickhouse.connect(ClickHouseSettings(dsn=chdb_dsn), database=False)
+
+
 @pytest.fixture
-def store(chdb_dsn: str, unique: str) -> Settings:
+def store(admin: Any, chdb_dsn: str, unique: str) -> Settings:
     """This test's migrated database on the process's chDB path, with one audit row."""
     settings = Settings(clickhouse=ClickHouseSettings(dsn=chdb_dsn, database=unique))
-    admin = clickhouse.connect(settings, database=False)
     migrate(admin, unique)
     admin.command(f"INSERT INTO `{unique}`.audit_log (actor, action, subject, reason) "
                   "VALUES ('somchai', 'privacy.search', 's', 'r')")
@@ -148,9 +153,8 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-def _state(store: Settings) -> list[tuple[Any, ...]]:
+def _state(admin: Any, store: Settings) -> list[tuple[Any, ...]]:
     """Every table of the database with its row count (what a write would change)."""
-    admin = clickhouse.connect(store, database=False)
     db = store.clickhouse.database
     tables = [str(r[0]) for r in admin.query(
         f"SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree' ORDER BY name"
@@ -158,11 +162,11 @@ def _state(store: Settings) -> list[tuple[Any, ...]]:
     return [(t, int(admin.command(f"SELECT count() FROM `{db}`.`{t}`"))) for t in tables]
 
 
-def _refused(store: Settings, sql: str, tmp_path: Path) -> None:
-    before = _state(store)
+def _refused(admin: Any, store: Settings, sql: str, tmp_path: Path) -> None:
+    before = _state(admin, store)
     with pytest.raises(StoreError, match="refused"):
         clickhouse.query_rows(store, sql)
-    assert _state(store) == before
+    assert _state(admin, store) == before
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -172,9 +176,9 @@ def _fill(sql: str, tmp_path: Path, secret: Path) -> str:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("sql", WRITES + OUTFILES + HOST_READS + SETTINGS_AND_FORMATS + SEVERAL + UNTERMINATED)
-def test_hostile_sql_is_refused_on_the_real_engine_and_changes_nothing(store: Settings, secret: Path,
+def test_hostile_sql_is_refused_on_the_real_engine_and_changes_nothing(admin: Any, store: Settings, secret: Path,
                                                                        tmp_path: Path, sql: str) -> None:
-    _refused(store, _fill(sql, tmp_path, secret), tmp_path)
+    _refused(admin, store, _fill(sql, tmp_path, secret), tmp_path)
 
 
 @pytest.mark.integration
