@@ -87,7 +87,7 @@ from citystream.ingest.bridge.kafka import KafkaOut, is_permanent
 from citystream.ingest.bridge.metrics import BridgeMetrics
 from citystream.ingest.bridge.mqtt import BridgeClient, FastMessage
 from citystream.ingest.bridge.seqtrack import Gap, SeqTracker
-from citystream.ingest.bridge.validate import RECEIVED_HEADER, Accepted, Rejected, Validator, received_at
+from citystream.ingest.bridge.validate import RECEIVED_HEADER, Accepted, Headers, Rejected, Validator, received_at
 from citystream.ingest.confirm import Confirmations
 from citystream.metrics import serve_metrics
 from citystream.retry import Backoff
@@ -247,15 +247,17 @@ class Bridge:
         if isinstance(result, Accepted):
             ident = (result.tenant, result.gateway, result.stream, result.seq)
             self.out.produce(self.topics[result.stream], payload, result.key, result.headers,
-                             partial(self._delivered, slot, result.stream, ident), frame=result.stream == "frame")
+                             partial(self._delivered, slot, result.stream, ident, result.headers),
+                             frame=result.stream == "frame")
             if self.tracker is not None:
                 self._track(result)
         else:
             self._dead_letter(slot, topic, payload, props, result, self.confirms.identify(topic, payload, props))
 
     # --- Kafka side ----------------------------------------------------------------------------
-    def _delivered(self, slot: Slot, stream: str, ident: tuple[str, str, str, int] | None, err: KafkaError | None,
-                   msg: Message) -> None:
+    def _delivered(self, slot: Slot, stream: str, ident: tuple[str, str, str, int] | None, headers: Headers | None,
+                   err: KafkaError | None, msg: Message) -> None:
+        # A delivery report carries no headers (confluent-kafka 2.16 gives None): the record's own are passed in.
         if err is None:
             produced = self.metrics.produced_due
             produced[stream] = produced.get(stream, 0) + 1
@@ -266,13 +268,13 @@ class Bridge:
         if is_permanent(err) and stream != "dlq":
             log.error("kafka rejected record", extra={"topic": msg.topic(), "error": err.str()})
             rej = Rejected("kafka_rejected", f"kafka: {err.str()}", key=(msg.key() or b"").decode(errors="replace"))
-            headers = [(k, _text(v)) for k, v in (msg.headers() or [])]
-            self._dead_letter(slot, msg.topic() or "", msg.value() or b"", headers, rej, ident)
+            props = [(k, _text(v)) for k, v in (headers or [])]
+            self._dead_letter(slot, msg.topic() or "", msg.value() or b"", props, rej, ident)
             return
         self.metrics.retries.inc()
         log.warning("kafka delivery failed, producing again", extra={"topic": msg.topic(), "error": err.str()})
-        self.out.produce(msg.topic() or "", msg.value() or b"", msg.key(), msg.headers(),
-                         partial(self._delivered, slot, stream, ident), frame=stream == "frame")
+        self.out.produce(msg.topic() or "", msg.value() or b"", msg.key(), headers,
+                         partial(self._delivered, slot, stream, ident, headers), frame=stream == "frame")
 
     def _dead_letter(self, slot: Slot, topic: str, payload: bytes, props: list[tuple[str, str]],
                      rej: Rejected, ident: tuple[str, str, str, int] | None = None) -> None:
@@ -286,7 +288,7 @@ class Bridge:
         self.metrics.dlq.labels(rej.reason).inc()
         log.info("dead letter", extra={"reason": rej.reason, "topic": topic, "detail": detail[:200]})
         self.out.produce(self.dlq_topic, to_json(letter), rej.key or None, None,
-                         partial(self._delivered, slot, "dlq", ident))
+                         partial(self._delivered, slot, "dlq", ident, None))
 
     def _track(self, acc: Accepted) -> None:
         assert self.tracker is not None
@@ -310,15 +312,16 @@ class Bridge:
         log.warning("sequence gap", extra={"gateway": gap.gateway, "stream": gap.stream, "from_seq": gap.from_seq,
                                            "to_seq": gap.to_seq})
         headers = [(RECEIVED_HEADER, received_at(now.timestamp()))]
-        self.out.produce(self.status_topic, to_json(status), gap.gateway, headers, partial(self._gap_delivered, 0))
+        self.out.produce(self.status_topic, to_json(status), gap.gateway, headers,
+                         partial(self._gap_delivered, 0, headers))
 
-    def _gap_delivered(self, attempt: int, err: KafkaError | None, msg: Message) -> None:
+    def _gap_delivered(self, attempt: int, headers: Headers | None, err: KafkaError | None, msg: Message) -> None:
         if err is None or is_permanent(err) or attempt >= 10:
             if err is not None:
                 log.error("gap status not delivered", extra={"error": err.str()})
             return
-        self.out.produce(msg.topic() or "", msg.value() or b"", msg.key(), msg.headers(),
-                         partial(self._gap_delivered, attempt + 1))
+        self.out.produce(msg.topic() or "", msg.value() or b"", msg.key(), headers,
+                         partial(self._gap_delivered, attempt + 1, headers))
 
     # --- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
