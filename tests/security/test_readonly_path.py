@@ -8,6 +8,7 @@ what stops it.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,17 @@ def admin(chdb_dsn: str) -> Any:
     return clickhouse.connect(ClickHouseSettings(dsn=chdb_dsn), database=False)
 
 
-@pytest.fixture
-def store(admin: Any, chdb_dsn: str, unique: str) -> Settings:
-    """This test's migrated database on the process's chDB path, with one audit row."""
-    settings = Settings(clickhouse=ClickHouseSettings(dsn=chdb_dsn, database=unique))
-    migrate(admin, unique)
-    admin.command(f"INSERT INTO `{unique}`.audit_log (actor, action, subject, reason) "
+@pytest.fixture(scope="module")
+def store(admin: Any, chdb_dsn: str) -> Settings:
+    """The module's migrated database on the process's chDB path, with one audit row.
+
+    One database for the module: the read path keeps one read-only client per database, and each chDB
+    client holds file descriptors. Every test checks that nothing in it changed.
+    """
+    db = "t" + uuid.uuid4().hex[:10]
+    settings = Settings(clickhouse=ClickHouseSettings(dsn=chdb_dsn, database=db))
+    migrate(admin, db)
+    admin.command(f"INSERT INTO `{db}`.audit_log (actor, action, subject, reason) "
                   "VALUES ('somchai', 'privacy.search', 's', 'r')")
     return settings
 
