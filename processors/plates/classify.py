@@ -1,9 +1,11 @@
-"""Character classifier for registration glyphs: HOG + pixel + geometry features into a small MLP.
+"""Character classifier for registration glyphs: HOG + pixel + geometry features into small MLPs.
 
-The weights live in ``processors/plates/models/plate_chars.npz`` and are produced by
-:mod:`citystream.processors.plates.train` (deterministic for a given seed). Inference is numpy only;
-the network scores all classes and the caller restricts each position to digits or consonants as
-the registration format demands.
+The weights live in ``processors/plates/models/plate_chars.npz`` (trained on the simulator's renderer)
+and ``plate_chars_wide.npz`` (trained mostly on the wide renderer, :mod:`synth_wide`); both are produced
+by :mod:`citystream.processors.plates.train` (deterministic for a given seed). :func:`load_classifier`
+combines a model with its ``_wide`` sibling into an :class:`Ensemble` (weighted geometric mean of their
+probabilities, ``WIDE_WEIGHT`` on the wide one). Inference is numpy only; the networks score all
+classes and the caller restricts each position to digits or consonants as the registration format demands.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -22,6 +25,7 @@ from citystream.processors.plates.segment import Box, GrayImage
 CLASSES = DIGITS + PLATE_CONSONANTS
 MODEL_PATH = Path(__file__).with_name("models") / "plate_chars.npz"
 CANVAS = 32
+WIDE_WEIGHT = 0.3  # share of the wide-renderer model in an ensemble (chosen on training-renderer validation seeds)
 Floats = NDArray[np.float32]
 
 
@@ -85,10 +89,56 @@ def load_mlp(path: Path, classes: tuple[str, ...]) -> Mlp:
     return Mlp(classes, **arrays)
 
 
+class Classifier(Protocol):
+    """Anything that scores feature rows over named classes (an :class:`Mlp` or an :class:`Ensemble`)."""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in score order."""
+
+    def log_probs(self, features: Floats) -> Floats:
+        """Return log-probabilities over ``classes`` for each row of ``features``."""
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Weighted geometric mean of the members' class probabilities (members share their classes)."""
+
+    members: tuple[Mlp, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The members' class names."""
+        return self.members[0].classes
+
+    def log_probs(self, features: Floats) -> Floats:
+        """Return the renormalised weighted sum of the members' log-probabilities."""
+        total = sum(w * m.log_probs(features) for m, w in zip(self.members, self.weights, strict=True))
+        logits = np.asarray(total, np.float32)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        out: Floats = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return out
+
+
+def wide_sibling(path: Path) -> Path:
+    """Where the wide-renderer model beside ``path`` lives (``plate_chars.npz`` -> ``plate_chars_wide.npz``)."""
+    return path.with_name(f"{path.stem}_wide{path.suffix}")
+
+
+def load_classifier(path: Path, classes: tuple[str, ...]) -> Mlp | Ensemble:
+    """The MLP at ``path``, in an :class:`Ensemble` with its wide sibling when that file exists."""
+    model = load_mlp(path, classes)
+    wide = wide_sibling(path)
+    if not wide.is_file():
+        return model
+    return Ensemble((model, load_mlp(wide, classes)), (1.0 - WIDE_WEIGHT, WIDE_WEIGHT))
+
+
 @lru_cache(maxsize=1)
-def default_model() -> Mlp:
-    """Return the shipped character model, loaded once per process."""
-    return load_mlp(MODEL_PATH, tuple(CLASSES))
+def default_model() -> Mlp | Ensemble:
+    """Return the shipped character classifier, loaded once per process."""
+    return load_classifier(MODEL_PATH, tuple(CLASSES))
 
 
 def class_mask(allowed: str) -> NDArray[np.bool_]:

@@ -162,7 +162,8 @@ def read_command(ctx: click.Context, images: tuple[str, ...], as_json: bool, ten
               help="Scene generator: 'eval' (held-out fonts, styles and cameras, never trained on), 'train' "
                    "(the simulator's) or 'wide' (the wide training renderer, for validation seeds).")
 @click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Read with the .npz classifiers in this folder (e.g. a fresh `plates train --out-dir`).")
+              help="Read with the .npz classifiers in this folder (e.g. a fresh `plates train --out-dir`; "
+                   "*_wide.npz beside them join in an ensemble).")
 def eval_command(scenes: int, seed: int, width: int, height: int, renderer: str, model_dir: Path | None) -> None:
     """Exact registration + province rate, not-found rate, character confusions and frames/s, as JSON."""
     from citystream.processors.plates.evaluate import evaluate
@@ -175,13 +176,13 @@ def eval_command(scenes: int, seed: int, width: int, height: int, renderer: str,
 
 def _reader_from(model_dir: Path) -> PlateReader:
     """A reader with the character and province classifiers found in ``model_dir``."""
-    from citystream.processors.plates.classify import CLASSES, MODEL_PATH, load_mlp
+    from citystream.processors.plates.classify import CLASSES, MODEL_PATH, load_classifier
     from citystream.processors.plates.province import PROVINCE_MODEL_PATH
     from citystream.processors.plates.provinces import PROVINCES
 
     try:
-        return PlateReader(load_mlp(model_dir / MODEL_PATH.name, tuple(CLASSES)),
-                           load_mlp(model_dir / PROVINCE_MODEL_PATH.name, PROVINCES))
+        return PlateReader(load_classifier(model_dir / MODEL_PATH.name, tuple(CLASSES)),
+                           load_classifier(model_dir / PROVINCE_MODEL_PATH.name, PROVINCES))
     except (OSError, KeyError, ValueError) as exc:
         raise click.BadParameter(f"cannot load the classifiers in {model_dir}: {exc}",
                                  param_hint="--model-dir") from exc

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from citystream.processors.plates import detect as plate_detect
-from citystream.processors.plates.classify import CLASSES, Mlp, class_mask, default_model, glyph_features
+from citystream.processors.plates.classify import CLASSES, Classifier, class_mask, default_model, glyph_features
 from citystream.processors.plates.ocr import TESSDATA
 from citystream.processors.plates.province import default_province_model, read_province
 from citystream.processors.plates.registration import DIGITS, PLATE_CONSONANTS, normalise_registration
@@ -147,7 +147,7 @@ def _decode_cut(probs: list[NDArray[np.float64]], split: int) -> Decoded | None:
     return best
 
 
-def decode(seg: Segmentation, model: Mlp) -> Decoded | None:
+def decode(seg: Segmentation, model: Classifier) -> Decoded | None:
     """Return the best format-valid registration over a segmentation's cuts, its confidence and the top 3
     registrations (the first cut, the connected components as they are, wins a tie)."""
     boxes = sorted({box for glyphs, _ in seg.cuts for box in glyphs})
@@ -169,7 +169,7 @@ def decode(seg: Segmentation, model: Mlp) -> Decoded | None:
     return best[0], best[1], ((best[0], others.get(best[0], best[1])), *ranked[:2])
 
 
-def read_registration(plate: NDArray[np.uint8], quad: plate_detect.Quad, model: Mlp) -> _Reading | None:
+def read_registration(plate: NDArray[np.uint8], quad: plate_detect.Quad, model: Classifier) -> _Reading | None:
     """Read the registration of one rectified plate, trying several binarisations."""
     segs = [seg for block, offset in SEGMENT_VARIANTS if (seg := segment(plate, block=block, offset=offset))]
     best: tuple[Decoded, int] | None = None
@@ -205,7 +205,7 @@ def _bbox(quad: plate_detect.Quad, width: int, height: int) -> Bbox:
 class PlateReader:
     """Reads Thai car plates in BGR frames. Not thread-safe: use one per thread (see :func:`read_plates`)."""
 
-    def __init__(self, model: Mlp | None = None, province_model: Mlp | None = None,
+    def __init__(self, model: Classifier | None = None, province_model: Classifier | None = None,
                  tessdata: Path = TESSDATA, min_confidence: float = MIN_REGISTRATION_CONFIDENCE) -> None:
         """Use the given classifiers (default: the shipped ones) and Tesseract data from ``tessdata``."""
         self.model = model or default_model()

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from citystream.processors.plates.classify import Floats, Mlp, load_mlp
+from citystream.processors.plates.classify import Classifier, Ensemble, Floats, Mlp, load_classifier
 from citystream.processors.plates.ocr import TESSDATA, ocr_line
 from citystream.processors.plates.provinces import PROVINCES, edit_distance, normalise_thai, snap_province
 from citystream.processors.plates.segment import GrayImage, Segmentation
@@ -45,9 +45,9 @@ def _hog() -> cv2.HOGDescriptor:
 
 
 @lru_cache(maxsize=1)
-def default_province_model() -> Mlp:
-    """Return the shipped province word classifier, loaded once per process."""
-    return load_mlp(PROVINCE_MODEL_PATH, PROVINCES)
+def default_province_model() -> Mlp | Ensemble:
+    """Return the shipped province word classifier (with its wide sibling), loaded once per process."""
+    return load_classifier(PROVINCE_MODEL_PATH, PROVINCES)
 
 
 def _border_lines(ink: GrayImage) -> GrayImage:
@@ -139,7 +139,7 @@ def word_features(gray: GrayImage) -> Floats:
     return np.concatenate([hog, pixels, np.array([w / h / 10.0], np.float32)])
 
 
-def read_province(segs: Sequence[Segmentation], model: Mlp | None = None,
+def read_province(segs: Sequence[Segmentation], model: Classifier | None = None,
                   tessdata: Path = TESSDATA) -> ProvinceReading:
     """Read the province line of a plate and snap it to one of the 77 names.
 

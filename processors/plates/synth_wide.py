@@ -183,8 +183,8 @@ def _extras(rng: random.Random, image: Image.Image, ink: Rgb) -> list[str]:
     if rng.random() < 0.35:
         frame = tuple(rng.randint(0, 80) for _ in range(3))
         side, lip = rng.randint(3, 10), rng.randint(4, int(h * 0.14))
-        draw.rectangle((0, 0, w - 1, h - 1), outline=frame, width=side)  # type: ignore[arg-type]
-        draw.rectangle((0, h - lip, w - 1, h - 1), fill=frame)  # type: ignore[arg-type]
+        draw.rectangle((0, 0, w - 1, h - 1), outline=frame, width=side)
+        draw.rectangle((0, h - lip, w - 1, h - 1), fill=frame)
         drawn.append("frame")
     if rng.random() < 0.4:
         r = rng.randint(4, 8)
@@ -258,8 +258,8 @@ def _pose(rng: random.Random, centre: tuple[float, float], plate_w: float, plate
     pts = corners @ (rz @ rx @ ry).T
     distance = plate_w * rng.uniform(2.0, 6.0)
     scale = distance / (distance + pts[:, 2])
-    out = pts[:, :2] * scale[:, None] + np.array(centre)
-    return out.astype(np.float32)
+    out: NDArray[np.float32] = (pts[:, :2] * scale[:, None] + np.array(centre)).astype(np.float32)
+    return out
 
 
 def _paste(frame: BgrImage, plate: BgrImage, quad: NDArray[np.float32]) -> tuple[int, int, int, int]:
@@ -286,7 +286,8 @@ def _motion_kernel(rng: random.Random) -> NDArray[np.float32]:
     kernel[length // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
     kernel = cv2.warpAffine(kernel, rot, (length, length))
-    return kernel / max(float(kernel.sum()), 1e-6)
+    normalised: NDArray[np.float32] = kernel / max(float(kernel.sum()), 1e-6)
+    return normalised
 
 
 def _light(rng: random.Random, frame: BgrImage, bbox: tuple[int, int, int, int], conditions: list[str]) -> BgrImage:

@@ -16,6 +16,13 @@ versions; ~15 minutes on 2 cores)::
     # or: python -m citystream.processors.plates.train --scenes 3000 --patches 16000 --seed 7
 
 Image seeds are ``seed * 1000 + chunk`` (7000-7019 for the shipped models): evaluate on others.
+
+``--wide`` draws three images in four from the wide renderer (:mod:`synth_wide`) and writes
+``plate_chars_wide.npz`` / ``plate_provinces_wide.npz``, which the reader combines with the models above
+(:func:`classify.load_classifier`). The shipped wide models (seeds 8000-8019; ~25 minutes on a busy
+2-core machine)::
+
+    citystream plates train --wide --scenes 300 --patches 5000 --epochs 20 --seed 8
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from citystream.processors.plates import detect as plate_detect
-from citystream.processors.plates.classify import CLASSES, MODEL_PATH, Floats, Mlp, glyph_features
+from citystream.processors.plates.classify import CLASSES, MODEL_PATH, Floats, Mlp, glyph_features, wide_sibling
 from citystream.processors.plates.plates import SEGMENT_VARIANTS
 from citystream.processors.plates.province import PROVINCE_MODEL_PATH, province_strip, word_features
 from citystream.processors.plates.provinces import PROVINCES
@@ -244,6 +251,8 @@ def train(scenes: int = 3000, patches: int = 16000, seed: int = 7, epochs: int =
     chars, words = cached_harvest(cache, seed, scenes, patches, workers, wide)
     print(f"harvested {len(chars[1])} glyphs and {len(words[1])} province words", flush=True)
     char_path, province_path = out_dir / MODEL_PATH.name, out_dir / PROVINCE_MODEL_PATH.name
+    if wide:
+        char_path, province_path = wide_sibling(char_path), wide_sibling(province_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _spawn_pool(min(2, workers)) as pool:
         jobs = [pool.submit(_fit_and_save, "characters", chars, tuple(CLASSES), hidden, epochs, seed, char_path),
