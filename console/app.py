@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 from citystream.console import auth
 from citystream.console.feed import Feed
 from citystream.console.labels import label, plain
+from citystream.retry import Backoff
 from citystream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def restore_actions(settings: Settings, feed: Feed, stop: threading.Event, retry_s: float = 10.0) -> None:
+def restore_actions(settings: Settings, feed: Feed, stop: threading.Event, retry_max_s: float = 10.0) -> None:
     """Load the console's alert acknowledgements and closures from the audit log once the store answers."""
     from citystream.audit import entries
     from citystream.console.store import check_reachable
 
+    backoff = Backoff(1.0, retry_max_s)
     while not stop.is_set():
         try:
             check_reachable(settings)
@@ -179,7 +181,7 @@ def restore_actions(settings: Settings, feed: Feed, stop: threading.Event, retry
             return
         except Exception as exc:  # store not there yet (no sink), audit table missing: try again later
             log.info("console: audit log not readable yet", extra={"error": str(exc)[:200]})
-        stop.wait(retry_s)
+        stop.wait(backoff.next())
 
 
 def create_app(settings: Settings, feed: Feed | None = None, run_feed: bool = True) -> Starlette:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from citystream.console.auth import User
 from citystream.processors.watchlists.watchlists import WatchlistEntry
 from citystream.processors.watchlists.watchlists import decode as decode_entry
+from citystream.retry import Backoff
 from citystream.schemas import topics
 from citystream.schemas.events import Alert, FaceMatch, PlateRead
 from citystream.settings import Settings
@@ -289,6 +290,7 @@ class Feed:
         bases = {self.settings.kafka.topic(b): b for b in (topics.WATCHLISTS, *FEED_TOPICS)}
         consumer = Consumer({**self.settings.kafka.client_config(), "group.id": f"{prefix}citystream-console",
                              "enable.auto.commit": False, "enable.auto.offset.store": False})
+        backoff = Backoff(1.0, 5.0)
         try:
             while not self._stop.is_set():
                 try:
@@ -296,7 +298,7 @@ class Feed:
                     break
                 except Exception as exc:  # Kafka not up yet, topics missing: try again
                     log.warning("console feed: cannot assign topics yet", extra={"error": str(exc)[:300]})
-                    self._stop.wait(5.0)
+                    self._stop.wait(backoff.next())
             self.connected = True
             while not self._stop.is_set():
                 for msg in consumer.consume(num_messages=500, timeout=0.5):

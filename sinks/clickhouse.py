@@ -50,6 +50,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from citystream import clickhouse
+from citystream.retry import Backoff
 from citystream.schemas import topics
 from citystream.schemas.events import DeadLetter
 from citystream.schemas.migrate import migrate
@@ -66,6 +67,7 @@ from citystream.sinks.writer import PoisonRow, StageError, Stopped, Writer
 log = logging.getLogger(__name__)
 REPLAY_TIMEOUT_S = 30.0
 COMMIT_ATTEMPTS = 3
+COMMIT_RETRY_S = 0.2
 COMMITTED_ATTEMPTS = 5
 PRUNE_EVERY_S = 3600.0
 CONSUME_MAX = 50_000  # records per consume() call: fewer calls, one Python list per batch window
@@ -346,6 +348,7 @@ class Sink:
         An uncommitted window is already stored: a later commit covers its offsets, or, after a
         rebalance, it is re-read and its copies are dropped (same window: dedup tokens) or hidden (FINAL).
         """
+        backoff = Backoff(COMMIT_RETRY_S, COMMIT_RETRY_S * 4)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -355,7 +358,7 @@ class Sink:
                 retriable = bool(getattr(error, "retriable", lambda: False)())
                 log.warning("offset commit failed", extra={"attempt": attempt, "retriable": retriable,
                                                            "error": str(exc)})
-                if not retriable or self.stop.wait(0.2 * attempt):
+                if not retriable or self.stop.wait(backoff.next()):
                     break
         self.metrics.commit_failures.inc()
 

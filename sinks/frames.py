@@ -43,6 +43,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 
+from citystream.retry import Backoff
 from citystream.schemas import migrate as schema
 from citystream.schemas import topics
 from citystream.schemas.events import FrameMeta
@@ -103,6 +104,7 @@ class FrameArchiver:
         self.paused = False
         self.next_check = 0.0
         self.failures = 0
+        self.backoff = Backoff(CHECK_EVERY_S * 2, MAX_CHECK_BACKOFF_S)
         self.gate: tuple[list[PendingFrame], list[TopicPartition]] | None = None
 
     def close(self) -> None:
@@ -129,9 +131,10 @@ class FrameArchiver:
             try:
                 self._decide()
                 self.failures = 0
+                self.backoff.reset()
             except KafkaException as exc:  # coordinator moving, broker restarting: ask again later
                 self.failures += 1
-                self.next_check = self.clock() + min(CHECK_EVERY_S * 2 ** self.failures, MAX_CHECK_BACKOFF_S)
+                self.next_check = self.clock() + self.backoff.next()
                 if self.failures == 1 or self.failures % 10 == 0:
                     log.warning("frames: Kafka offsets unavailable, retrying", extra={
                         "error": str(exc), "failures": self.failures,

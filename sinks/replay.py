@@ -21,6 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from citystream.retry import Backoff
 from citystream.schemas.migrate import SINK_WINDOWS
 from citystream.sinks.batch import TopicPartition
 
@@ -31,13 +32,14 @@ OFFSET_INVALID = -1001
 def committed_offsets(consumer: Any, partitions: list[Any], stop: threading.Event,
                       attempts: int) -> list[Any] | None:
     """The group's committed offsets, asked a few times (a restarted broker answers late); None if not."""
+    backoff = Backoff(2.0, 10.0)
     for attempt in range(1, attempts + 1):
         try:
             found: list[Any] = consumer.committed(partitions, timeout=10)
             return found
         except KafkaException as exc:
             log.warning("committed offsets lookup failed", extra={"attempt": attempt, "error": str(exc)})
-            if stop.wait(min(2.0 * attempt, 10.0)):
+            if stop.wait(backoff.next()):
                 break
     return None
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from citystream.retry import Backoff
 from citystream.sinks.clickhouse import COMMITTED_ATTEMPTS
-from citystream.sinks.frames import FrameArchiver, PendingFrame
+from citystream.sinks.frames import CHECK_EVERY_S, MAX_CHECK_BACKOFF_S, FrameArchiver, PendingFrame
 from citystream.sinks.replay import committed_offsets
 
 pytestmark = pytest.mark.unit
@@ -58,6 +59,7 @@ def archiver(worker: FlakyConsumer, clock: FakeClock) -> FrameArchiver:
     arch.paused = False
     arch.next_check = 0.0
     arch.failures = 0
+    arch.backoff = Backoff(CHECK_EVERY_S * 2, MAX_CHECK_BACKOFF_S)
     arch.gate = None
     return arch
 
