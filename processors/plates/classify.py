@@ -1,11 +1,12 @@
 """Character classifier for registration glyphs: HOG + pixel + geometry features into small MLPs.
 
-The weights live in ``processors/plates/models/plate_chars.npz`` (trained on the simulator's renderer)
-and ``plate_chars_wide.npz`` (trained mostly on the wide renderer, :mod:`synth_wide`); both are produced
-by :mod:`citystream.processors.plates.train` (deterministic for a given seed). :func:`load_classifier`
-combines a model with its ``_wide`` sibling into an :class:`Ensemble` (weighted geometric mean of their
-probabilities, ``WIDE_WEIGHT`` on the wide one). Inference is numpy only; the networks score all
-classes and the caller restricts each position to digits or consonants as the registration format demands.
+The weights live in ``processors/plates/models/plate_chars.npz`` (trained on the simulator's renderer),
+produced by :mod:`citystream.processors.plates.train` (deterministic for a given seed). When a
+``plate_chars_wide.npz`` (``train --wide``: mostly the wide renderer, :mod:`synth_wide`) lies beside a
+model, :func:`load_classifier` combines the two into an :class:`Ensemble` (weighted geometric mean of
+their probabilities, ``WIDE_WEIGHT`` on the wide one); none is shipped yet. Inference is numpy only;
+the networks score all classes and the caller restricts each position to digits or consonants as the
+registration format demands.
 """
 
 from __future__ import annotations

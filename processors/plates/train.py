@@ -19,10 +19,10 @@ Image seeds are ``seed * 1000 + chunk`` (7000-7019 for the shipped models): eval
 
 ``--wide`` draws three images in four from the wide renderer (:mod:`synth_wide`) and writes
 ``plate_chars_wide.npz`` / ``plate_provinces_wide.npz``, which the reader combines with the models above
-(:func:`classify.load_classifier`). The shipped wide models (seeds 8000-8019; ~25 minutes on a busy
-2-core machine)::
+(:func:`classify.load_classifier`). None is shipped yet; the candidate of 2026-12-08 (seeds 8000-8019,
+~25 minutes on a busy 2-core machine; see ``docs/plates.md`` for why it was not kept)::
 
-    citystream plates train --wide --scenes 300 --patches 5000 --epochs 20 --seed 8
+    citystream plates train --wide --scenes 300 --patches 5000 --epochs 20 --seed 8 --out-dir /path/to/candidate
 """
 
 from __future__ import annotations
