@@ -193,14 +193,7 @@ class Window:
 
     def add_raw(self, table: str, value: bytes, partition: int, offset: int, message: Any) -> None:
         """Add a record for ``table`` as its JSON bytes, to be checked and parsed by the store."""
-        raw = self.raw.get(table)
-        if raw is None:
-            raw = self.raw[table] = RawRows(table)
-        raw.values.append(value)
-        raw.partitions.append(partition)
-        raw.offsets.append(offset)
-        raw.messages.append(message)
-        self.rows += 1
+        self.add_raw_many(table, [value], [partition], [offset], [message])
 
     def add_raw_many(self, table: str, values: list[bytes], partitions: list[int], offsets: list[int],
                      messages: list[Any]) -> None:
