@@ -207,7 +207,6 @@ def test_upstream_resume_clears_records_fetched_after_the_seek(tmp_path: Path,
     assert faust_fixes.apply()
     monkeypatch.setattr(faust.transport.consumer.Consumer, "_drain_messages", faust_fixes.upstream_drain_messages())
     monkeypatch.setattr(FlowControlEvent, "resume", faust_fixes.upstream_flow_resume())
-    monkeypatch.setattr(faust.transport.consumer.Consumer, "_new_offset", faust_fixes.upstream_new_offset())
     assert resume_after_recovery(tmp_path, fetch_in_flight=True, arrivals=False) == ([], None, True)
     processed, commit, _stuck = resume_after_recovery(tmp_path, fetch_in_flight=True, arrivals=True)
     assert processed == [10, 11, 12, 13] and commit == 11
