@@ -52,22 +52,6 @@ assigned partition anyway (``resume_partitions``), so this path cannot explain a
 restart or rebalance with backlogs of a few hundred frames; and the conductor awaits a full queue,
 so a saturated agent holds back every topic (head-of-line blocking, not a stall).
 
-Commits past an unprocessed first record (citystream issue 14, the loss seen in the rebalance loop):
-``Consumer._new_offset`` commits the first run of consecutive acked offsets, and checks that this run
-starts at the committed offset only when that offset is truthy, and then off by one (``min(acked) -
-committed > 1``). With no committed offset yet (a partition the group never committed, or offset 0) any
-run was committed, and with committed offset C a run starting at C + 1 was too. Records cleared from a
-queue by a rebalance and not fetched again (``seek_to_committed`` does not move a partition that has no
-committed offset) were then committed unprocessed: in the rebalance loop a whole 33-reading series, the
-first records of a partition, was committed without its alerts. Two more changes:
-
-* ``_new_offset`` commits only a run that starts at the committed offset (:data:`strict_head`);
-* after ``perform_seek``, an input partition without a committed offset is sought to its log start
-  offset (``earliest_offsets``; Faust's ``consumer_auto_offset_reset`` is ``earliest``), which counts as
-  its committed offset in Faust's bookkeeping only, so the check above applies from its first record
-  (records read before are read again: duplicates with the same ``event_id``). If the broker cannot say,
-  the partition keeps upstream's behaviour and a WARNING is logged.
-
 It replaces Faust internals, so it is pinned: with another faust-streaming or mode-streaming version it
 is not applied and :func:`apply` logs an ERROR saying so (check the fix upstream, then re-pin or drop it).
 Records below the committed offset (already processed and committed) are still dropped quietly.
@@ -96,8 +80,6 @@ guard_stale_writes = True
 reread_dropped = True
 #: True in production: a gap never covers records the loop delivered nor the one it is delivering.
 exact_gaps = True
-#: True in production: no commit moves past an offset that was neither acknowledged nor a gap.
-strict_head = True
 
 
 def faust_version() -> str:
@@ -126,13 +108,6 @@ def upstream_flow_resume() -> Any:
     from mode.utils.queues import FlowControlEvent
 
     return _state.get("upstream_flow_resume") or FlowControlEvent.resume
-
-
-def upstream_new_offset() -> Any:
-    """Faust's own ``Consumer._new_offset`` (which may commit past an unprocessed first record)."""
-    from faust.transport import consumer as fc
-
-    return _state.get("upstream_new_offset") or fc.Consumer._new_offset
 
 
 def _resume_keeping_queues(self: Any) -> None:
@@ -173,9 +148,7 @@ def apply() -> bool:
     base = fc.Consumer
     _state["upstream_drain_messages"] = base._drain_messages
     base._drain_messages = _drain_messages
-    base.perform_seek = _knowing_the_start(_counting_seeks(base.perform_seek, lambda self, args: self.assignment()))
-    _state["upstream_new_offset"] = base._new_offset
-    base._new_offset = _new_offset
+    base.perform_seek = _counting_seeks(base.perform_seek, lambda self, args: self.assignment())
     base.seek = _counting_seeks(base.seek, lambda self, args: [args[0]])
     delegate = fc.ThreadDelegateConsumer
     delegate.seek_wait = _counting_seeks(delegate.seek_wait, lambda self, args: list(args[0]))
@@ -239,78 +212,6 @@ def _counting_seeks(method: Any, partitions: Callable[[Any, tuple[Any, ...]], It
     wrapper.__doc__ = method.__doc__
     wrapper._citystream_counts_seeks = True  # type: ignore[attr-defined]
     return wrapper
-
-
-def _knowing_the_start(method: Any) -> Any:
-    """Wrap ``perform_seek``: an input partition with no committed offset gets its log start as committed offset."""
-    if getattr(method, "_citystream_knows_start", False):
-        return method
-
-    async def perform_seek(self: Any) -> None:
-        await method(self)
-        try:
-            missing = [tp for tp in self.assignment() if self._committed_offset[tp] is None
-                       and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)]
-        except Exception:  # no assignment yet: nothing to commit either
-            return
-        if not missing:
-            return
-        try:
-            starts = await self.earliest_offsets(*missing)
-        except Exception as exc:
-            log.warning("cannot read the log start of partitions without a committed offset; their first commit "
-                        "is not checked against it", extra={"partitions": [f"{tp.topic}/{tp.partition}"
-                                                                           for tp in missing], "error": repr(exc)})
-            return
-        for tp in missing:
-            start = starts.get(tp)
-            if start is not None and self._committed_offset[tp] is None:
-                self._committed_offset[tp] = start
-                try:  # read it from there: what was fetched before may have been cleared unprocessed
-                    await self.seek(tp, start)
-                except Exception as exc:  # e.g. revoked meanwhile: the next assignment seeks again
-                    log.warning("cannot seek a partition without a committed offset to its log start",
-                                extra={"topic": tp.topic, "partition": tp.partition, "error": repr(exc)})
-
-    perform_seek.__doc__ = method.__doc__
-    perform_seek._citystream_knows_start = True  # type: ignore[attr-defined]
-    perform_seek._citystream_counts_seeks = getattr(method, "_citystream_counts_seeks", False)  # type: ignore[attr-defined]
-    return perform_seek
-
-
-def _new_offset(self: Any, tp: Any) -> int | None:
-    """Faust 0.15.3's ``Consumer._new_offset`` committing only a run of acked offsets that starts at the committed one.
-
-    Same as upstream (faust/transport/consumer.py, BSD-3-Clause) but for the head check, marked "citystream".
-    """
-    from faust.utils.functional import consecutive_numbers
-
-    acked = self._acked[tp]
-    if not acked:
-        return None
-    max_offset = max(acked)
-    gap_for_tp = self._gap[tp]
-    if gap_for_tp:
-        candidates = gap_for_tp.overlap(0, max_offset)
-        sorted_candidates = sorted(candidates, key=lambda x: x.begin)
-        if sorted_candidates:
-            stuff_to_add: list[int] = []
-            for entry in sorted_candidates:
-                stuff_to_add.extend(range(entry.begin, entry.end))
-            new_max_offset = max(stuff_to_add[-1], max_offset + 1)
-            acked.extend(stuff_to_add)
-            gap_for_tp.chop(0, new_max_offset)
-    acked.sort()
-    committed_offset = self._committed_offset[tp]
-    if strict_head:  # citystream: the committed offset itself must be acked (or a gap), even when it is 0
-        if committed_offset is not None and min(acked) > committed_offset:
-            return None
-    elif committed_offset and min(acked) - committed_offset > 1:  # upstream
-        return None
-    batch = next(consecutive_numbers(acked))
-    acked[: len(batch)] = []
-    self._acked_index[tp].difference_update(batch)
-    return int(batch[-1]) + 1
 
 
 async def _dropped(consumer: Any, tp: Any, offset: int) -> bool:
