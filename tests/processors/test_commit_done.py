@@ -59,7 +59,7 @@ def outputs_by_frame(outputs: Outputs) -> dict[str, set[str]]:
 def test_no_committed_frame_lacks_its_outputs_after_a_kill(settings: Settings, tmp_path: Path) -> None:
     s = worker_settings_for(settings, tmp_path)
     s = s.model_copy(update={"worker": s.worker.model_copy(update={"instance_id": "commit-done"})})
-    records = interleaved(30)  # seconds of vision work: the first commit (every 2.8 s) lands mid-backlog
+    records = interleaved(60)  # seconds of vision work: the first commit (every 2.8 s) lands mid-backlog
     where = produce_at(s, records)
     frame_of = {pos: dict(headers)["event_id"] for pos, (_, _, _, headers) in zip(where, records, strict=True)}
     config, log_path = tmp_path / "worker.yaml", tmp_path / "worker.log"
