@@ -44,6 +44,7 @@ from citystream.processors.plates.synth import (
     _car,
     _font,
     _gauss,
+    _paste_plate,
     _road,
     _sky_and_buildings,
     font_paths,
@@ -262,24 +263,6 @@ def _pose(rng: random.Random, centre: tuple[float, float], plate_w: float, plate
     return out
 
 
-def _paste(frame: BgrImage, plate: BgrImage, quad: NDArray[np.float32]) -> tuple[int, int, int, int]:
-    """Warp ``plate`` onto ``frame`` at ``quad`` (anti-aliased edges); return the clipped box."""
-    h, w = frame.shape[:2]
-    ph, pw = plate.shape[:2]
-    x0, y0 = np.floor(quad.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(quad.max(axis=0)).astype(int) + 1
-    x0, y0, x1, y1 = max(int(x0), 0), max(int(y0), 0), min(int(x1), w), min(int(y1), h)
-    src = np.array([[0, 0], [pw - 1, 0], [pw - 1, ph - 1], [0, ph - 1]], np.float32)
-    matrix = cv2.getPerspectiveTransform(src, quad - np.array([x0, y0], np.float32))
-    size = (x1 - x0, y1 - y0)
-    warped = cv2.warpPerspective(plate, matrix, size, flags=cv2.INTER_AREA)
-    mask = cv2.warpPerspective(np.full((ph, pw), 255, np.uint8), matrix, size, flags=cv2.INTER_AREA)
-    alpha = (mask.astype(np.float32) / 255.0)[:, :, None]
-    roi = frame[y0:y1, x0:x1]
-    roi[:] = (roi * (1 - alpha) + warped * alpha).astype(np.uint8)
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
 def _motion_kernel(rng: random.Random) -> NDArray[np.float32]:
     length = rng.randint(3, 9)
     kernel = np.zeros((length, length), np.float32)
@@ -364,7 +347,7 @@ def _place(rng: random.Random, frame: BgrImage, plate_img: Image.Image, plate_w:
            centre: tuple[float, float]) -> tuple[BgrImage, tuple[int, int, int, int], list[str]]:
     plate = cv2.cvtColor(np.asarray(plate_img), cv2.COLOR_RGB2BGR)
     plate_h = plate_w * plate_img.height / plate_img.width
-    bbox = _paste(frame, plate, _pose(rng, centre, plate_w, plate_h))
+    bbox = _paste_plate(frame, plate, _pose(rng, centre, plate_w, plate_h))
     conditions: list[str] = []
     lit = _light(rng, frame, bbox, conditions)
     return _optics(rng, lit, conditions), bbox, conditions
